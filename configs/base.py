@@ -1,0 +1,62 @@
+"""Defaults for every run; experiment configs import this and change what differs.
+
+Every field can be overridden on the command line, e.g.
+  python launch/main.py --config=configs/base.py --workdir=runs/base \
+      --config.fl.rounds=50 --config.data.name=breastmnist
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # "fedavg" (server optimizer on the averaged delta) or "centralized".
+  c.algorithm = "fedavg"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "pneumoniamnist"  # any MedMNIST 2D flag except chestmnist
+  c.data.root = ""  # "" = $MEDMNIST_ROOT, else ~/.medmnist
+  c.data.size = 28  # 28, 64, 128 or 224
+  c.data.download = True  # fetch the official file (MD5-checked) when absent
+  c.data.verify_md5 = True
+
+  c.partition = ml_collections.ConfigDict()
+  c.partition.kind = "dirichlet"  # iid | dirichlet | shards | quantity
+  c.partition.alpha = 0.5  # Dirichlet concentration (smaller = more label skew)
+  c.partition.min_size = 10  # minimum examples per client
+  c.partition.shards_per_client = 2  # for kind=shards
+  c.partition.quantity_kind = "lognormal"  # for kind=quantity: lognormal | power_law
+  c.partition.quantity_sigma = 1.0
+  c.partition.power_exponent = 1.5
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "cnn"  # see fedjax_med.models.names()
+  c.model.conv_impl = "auto"  # auto | native | im2col
+
+  c.fl = ml_collections.ConfigDict()
+  c.fl.rounds = 30
+  c.fl.num_clients = 10
+  c.fl.clients_per_round = 10
+  c.fl.local_steps = 10  # S: optimizer steps per client per round
+  c.fl.batch_size = 32  # B: examples per local step
+  c.fl.client_lr = 0.05
+  c.fl.client_momentum = 0.0
+  c.fl.client_weight_decay = 0.0
+  c.fl.server_opt = "sgd"  # sgd (momentum via server_momentum) | adam | yogi | adagrad
+  c.fl.server_lr = 1.0
+  c.fl.server_momentum = 0.0
+  c.fl.client_chunk_size = 0  # clients vectorized together; 0 = all at once
+  c.fl.local_unroll = 1  # lax.scan unroll of local steps
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 5  # rounds between val/test evaluations (and always at the end)
+  c.eval.batch_size = 500
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 10  # rounds between checkpoints (and always at the end)
+  c.ckpt.keep = 2
+
+  c.log = ml_collections.ConfigDict()
+  c.log.progress = "auto"  # auto (bar on a terminal) | bar | lines | none
+  return c

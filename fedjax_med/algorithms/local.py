@@ -1,0 +1,178 @@
+"""The local-update primitive and the client map, shared by every algorithm.
+
+``local_train`` runs S optimizer steps on one client (``lax.scan``); ``map_clients``
+vmaps it over clients, optionally in chunks (``lax.map`` over chunks of the
+client axis, so peak memory follows the chunk, not the number of clients), and
+returns the weighted sum of client deltas plus small per-client metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med import types
+from fedjax_med.algorithms import aggregate
+
+VARIABLES_KEY = "variables"
+
+
+class LocalResult(NamedTuple):
+  params: types.Params  # client params after S steps
+  loss: types.Array  # [S] loss of each step (0 where the step had no data)
+  steps: types.Array  # [] int32 steps that had real data
+
+
+def apply_variable_updates(params: types.Params, aux: dict) -> types.Params:
+  """Overwrites the collections that ``loss_fn`` returned in ``aux["variables"]``."""
+  if isinstance(aux, dict) and VARIABLES_KEY in aux:
+    return {**params, **aux[VARIABLES_KEY]}
+  return params
+
+
+def run_steps(
+    loss_fn: types.LossFn,
+    optimizer: optax.GradientTransformation,
+    params: types.Params,
+    opt_state: optax.OptState,
+    data: dict,
+    keys: types.Array,
+    *,
+    unroll: int | bool = 1,
+):
+  """``lax.scan`` of optimizer steps over the leading axis of ``data``.
+
+  A step whose mask is all False leaves params and optimizer state unchanged
+  (the padding trick of fedjax's ``'__mask__'``).
+
+  Returns:
+    ``(params, opt_state, losses [S], has_data [S] bool)``.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(carry, xs):
+    p, o = carry
+    batch, key = xs
+    (loss, aux), grads = grad_fn(p, batch, key)
+    updates, new_o = optimizer.update(grads, o, p)
+    new_p = apply_variable_updates(optax.apply_updates(p, updates), aux)
+    has_data = jnp.any(batch["mask"])
+    carry = jax.tree.map(lambda n, old: jnp.where(has_data, n, old), (new_p, new_o), (p, o))
+    return carry, (jnp.where(has_data, loss, 0.0), has_data)
+
+  (params, opt_state), (losses, has_data) = jax.lax.scan(
+      step, (params, opt_state), (data, keys), unroll=unroll
+  )
+  return params, opt_state, losses, has_data
+
+
+def local_train(
+    loss_fn: types.LossFn,
+    optimizer: optax.GradientTransformation,
+    params: types.Params,
+    data: dict,
+    rng: types.PRNGKey,
+    *,
+    unroll: int | bool = 1,
+) -> LocalResult:
+  """Runs ``S`` steps of ``optimizer`` from ``params`` on one client's data.
+
+  The optimizer state starts fresh. Step ``s`` uses ``data[k][s]``; a step
+  whose mask is all False leaves params and optimizer state unchanged.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)``.
+    optimizer: the client optax transformation.
+    params: starting parameters.
+    data: dict with ``image`` [S, B, ...], ``label`` [S, B], ``mask`` [S, B].
+    rng: this client's key; step ``s`` gets ``split(rng, S)[s]``.
+    unroll: ``lax.scan`` unroll factor (``True`` = fully unrolled).
+
+  Returns:
+    A :class:`LocalResult`.
+  """
+  keys = jax.random.split(rng, data["mask"].shape[0])
+  params, _, losses, has_data = run_steps(
+      loss_fn, optimizer, params, optimizer.init(params), data, keys, unroll=unroll
+  )
+  return LocalResult(params, losses, jnp.sum(has_data.astype(jnp.int32)))
+
+
+class ClientsResult(NamedTuple):
+  delta_sum: types.PyTree  # sum_c weight_c * (server_params - client_params_c)
+  weight_sum: types.Array  # [] sum_c weight_c
+  loss: types.Array  # [C, S]
+  steps: types.Array  # [C] int32
+  update_norm: types.Array  # [C] ||server_params - client_params_c||
+
+
+def client_data(clients: types.ClientBatch) -> dict:
+  """The per-step batch dict that ``loss_fn`` sees, stacked [C, S, B, ...]."""
+  return {"image": clients.image, "label": clients.label, "mask": clients.mask}
+
+
+def _pad_clients(tree, pad: int):
+  return jax.tree.map(lambda x: jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]), tree)
+
+
+def map_clients(
+    client_fn: Callable[[types.Params, dict, types.PRNGKey], LocalResult],
+    server_params: types.Params,
+    data: dict,
+    weight: types.Array,
+    keys: types.Array,
+    *,
+    chunk_size: int | None = None,
+) -> ClientsResult:
+  """Runs ``client_fn`` on every client and sums the weighted deltas.
+
+  Args:
+    client_fn: ``(params, data_c, key_c) -> LocalResult`` for one client.
+    server_params: the starting point of every client.
+    data: per-client data, leaves [C, S, B, ...].
+    weight: [C] aggregation weights (0 = padding client).
+    keys: [C] client keys.
+    chunk_size: clients vectorized together. ``None`` (or >= C) vmaps all
+      clients at once; otherwise ``lax.map`` runs over ceil(C / chunk) chunks
+      (C is padded with zero-weight clients), bounding peak memory by the chunk.
+
+  Returns:
+    A :class:`ClientsResult`; per-client arrays keep the original C.
+  """
+  num_clients = weight.shape[0]
+
+  def run_chunk(chunk):
+    d, w, k = chunk
+    res = jax.vmap(client_fn, in_axes=(None, 0, 0))(server_params, d, k)
+    delta = jax.tree.map(lambda s, c: s[None] - c, server_params, res.params)
+    return (
+        aggregate.weighted_sum(delta, w),
+        res.loss,
+        res.steps,
+        aggregate.stacked_norm(delta),
+    )
+
+  if chunk_size is None or chunk_size >= num_clients:
+    delta_sum, loss, steps, norms = run_chunk((data, weight, keys))
+  else:
+    num_chunks = -(-num_clients // chunk_size)
+    pad = num_chunks * chunk_size - num_clients
+    chunks = (data, weight, keys)
+    if pad:
+      chunks = _pad_clients(chunks, pad)
+    chunks = jax.tree.map(lambda x: x.reshape((num_chunks, chunk_size) + x.shape[1:]), chunks)
+
+    def body(acc, chunk):
+      delta_sum, loss, steps, norms = run_chunk(chunk)
+      return jax.tree.map(jnp.add, acc, delta_sum), (loss, steps, norms)
+
+    zeros = jax.tree.map(jnp.zeros_like, server_params)
+    delta_sum, per_client = jax.lax.scan(body, zeros, chunks)
+    loss, steps, norms = jax.tree.map(
+        lambda x: x.reshape((num_chunks * chunk_size,) + x.shape[2:])[:num_clients], per_client
+    )
+  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms)

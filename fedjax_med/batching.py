@@ -1,0 +1,270 @@
+"""Host-side batching of one round: sampled clients -> a padded, stacked ClientBatch.
+
+Everything is vectorized numpy over all sampled clients at once (no per-client
+Python loop), so building a round of 1000+ clients from 10,000+ is a handful of
+array operations. All randomness is stateless: it is a function of
+``(seed, round_idx)`` (and the client id), so a resumed run needs no sampler state.
+
+Example order. In round ``r`` client ``c`` with ``n_c`` examples uses step batch
+size ``b_c = min(B, n_c)`` and walks through a random permutation of its examples,
+``b_c`` per step; when the permutation is used up it continues with a fresh one
+(a new epoch), so no example repeats before all of the client's examples were
+seen. An epoch boundary may fall inside a step, so a step can hold an example
+twice (once at the end of one epoch, once at the start of the next), as in
+``repeat().batch()`` input pipelines. Slots ``b_c..B-1`` of every step are
+padding. The permutations depend only on ``(seed, r, c)``: not on which other
+clients were sampled, their order, or ``pad_clients_to``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from fedjax_med import errors, types
+from fedjax_med.partition import base as partition_base
+
+T = TypeVar("T")
+
+# Distinguishes the example-order stream from other uses of (seed, round).
+_BATCH_STREAM = 1
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def sample_clients(
+    num_clients: int, clients_per_round: int, seed: int, round_idx: int
+) -> np.ndarray:
+  """The clients of round ``round_idx``: drawn without replacement, sorted.
+
+  The draw uses ``np.random.default_rng([seed, round_idx])``, so it is a pure
+  function of its arguments.
+
+  Args:
+    num_clients: the number of clients in the federation.
+    clients_per_round: how many to sample, in ``[1, num_clients]``; equal to
+      ``num_clients`` returns ``arange(num_clients)``.
+    seed: a non-negative integer.
+    round_idx: the round, a non-negative integer.
+
+  Returns:
+    [clients_per_round] int32 client ids, ascending.
+
+  Raises:
+    errors.ConfigError: invalid arguments.
+  """
+  num_clients = partition_base.check_int("num_clients", num_clients, minimum=1)
+  clients_per_round = partition_base.check_int("clients_per_round", clients_per_round, minimum=1)
+  if clients_per_round > num_clients:
+    raise errors.ConfigError(
+        f"clients_per_round={clients_per_round} exceeds num_clients={num_clients}; "
+        "lower clients_per_round"
+    )
+  seed = partition_base.check_seed(seed)
+  round_idx = partition_base.check_int("round_idx", round_idx, minimum=0)
+  if clients_per_round == num_clients:
+    return np.arange(num_clients, dtype=np.int32)
+  rng = np.random.default_rng([seed, round_idx])
+  return np.sort(rng.choice(num_clients, clients_per_round, replace=False)).astype(np.int32)
+
+
+def make_client_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    partition: partition_base.Partition,
+    client_ids: np.ndarray,
+    *,
+    local_steps: int,
+    batch_size: int,
+    seed: int,
+    round_idx: int,
+    pad_clients_to: int | None = None,
+) -> types.ClientBatch:
+  """Stacks the local data of the sampled clients for one round (see module doc).
+
+  Args:
+    images: [N, H, W, ch] training images (any dtype; kept, e.g. uint8).
+    labels: [N] (or [N, L] multi-label) integer labels.
+    partition: the partition of the N training examples into clients.
+    client_ids: [C] int ids of the sampled clients.
+    local_steps: S, local steps per client.
+    batch_size: B, examples per step.
+    seed: a non-negative integer.
+    round_idx: the round, a non-negative integer.
+    pad_clients_to: if given, append zero-weight padding clients up to this many
+      (e.g. to a multiple of the device count).
+
+  Returns:
+    A ClientBatch of numpy arrays: image [C', S, B, H, W, ch] (images' dtype),
+    label [C', S, B] int32, mask [C', S, B] bool, weight [C'] float32 (= n_c, 0
+    for padding clients), client_id [C'] int32 (-1 for padding), where
+    C' = ``pad_clients_to`` or C.
+
+  Raises:
+    errors.ConfigError: invalid arguments.
+  """
+  steps = partition_base.check_int("local_steps", local_steps, minimum=1)
+  bsz = partition_base.check_int("batch_size", batch_size, minimum=1)
+  seed = partition_base.check_seed(seed)
+  round_idx = partition_base.check_int("round_idx", round_idx, minimum=0)
+  images, labels = np.asarray(images), np.asarray(labels)
+  if len(images) != len(labels):
+    raise errors.ConfigError(f"{len(images)} images but {len(labels)} labels")
+  client_ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+  num_real = len(client_ids)
+  if num_real and (client_ids.min() < 0 or client_ids.max() >= partition.num_clients):
+    raise errors.ConfigError(
+        f"client ids must lie in [0, {partition.num_clients}), got "
+        f"[{client_ids.min()}, {client_ids.max()}]"
+    )
+  num_out = num_real
+  if pad_clients_to is not None:
+    num_out = partition_base.check_int("pad_clients_to", pad_clients_to, minimum=0)
+    if num_out < num_real:
+      raise errors.ConfigError(
+          f"pad_clients_to={num_out} is smaller than the {num_real} sampled clients"
+      )
+
+  n = partition.sizes[client_ids]  # [C] examples per client
+  start = partition.offsets[client_ids]  # [C] where each client's indices begin
+  b = np.minimum(bsz, n)  # [C] real examples per step
+  used = steps * b  # [C] slots filled per client this round
+
+  # 1) Permutations: client c needs ceil(used / n) epochs, each a permutation of
+  #    0..n-1. Element j of client c's run (epoch j // n, item j % n) gets a random
+  #    key hashed from (seed, round, client id, j); sorting keys within each epoch
+  #    shuffles it. Keys depend on the client id, not on its position in the round.
+  epochs = np.where(n > 0, -(-used // np.maximum(n, 1)), 0)
+  run = epochs * n  # [C] length of client c's run
+  run_start = np.cumsum(run) - run
+  run_client = np.repeat(np.arange(num_real), run)  # [T]
+  j = np.arange(run.sum()) - run_start[run_client]  # [T] position within the run
+  item = j % np.maximum(n[run_client], 1)
+  epoch_group = np.repeat(np.cumsum(epochs) - epochs, run) + j // np.maximum(n[run_client], 1)
+  round_key = np.random.SeedSequence([seed, round_idx, _BATCH_STREAM]).generate_state(
+      1, np.uint64
+  )
+  client_key = _mix(round_key[0] ^ _mix(client_ids.astype(np.uint64)))  # [C]
+  keys = _mix(client_key[run_client] ^ j.astype(np.uint64))  # [T]
+  order = np.lexsort((keys, epoch_group))  # epochs stay contiguous, shuffled within
+  perm = item[order]  # [T] local example index at each run position
+
+  # 2) Slots: the first used[c] run positions of client c fill its steps b_c at a time.
+  slot_client = np.repeat(np.arange(num_real), used)  # [M]
+  t = np.arange(used.sum()) - (np.cumsum(used) - used)[slot_client]
+  local = perm[run_start[slot_client] + t]
+  example = partition.indices[start[slot_client] + local]  # [M] global example indices
+  b_slot = b[slot_client]
+  flat = (slot_client * steps + t // b_slot) * bsz + t % b_slot  # [M] into [C', S, B]
+
+  # 3) Gather into zero-initialised (padding) arrays.
+  size = num_out * steps * bsz
+  image = np.zeros((size, *images.shape[1:]), images.dtype)
+  image[flat] = images[example]
+  label = np.zeros((size, *np.shape(labels)[1:]), np.int32)
+  label[flat] = labels[example]
+  mask = np.zeros(size, bool)
+  mask[flat] = True
+  weight = np.zeros(num_out, np.float32)
+  weight[:num_real] = n
+  client_id = np.full(num_out, -1, np.int32)
+  client_id[:num_real] = client_ids
+  lead = (num_out, steps, bsz)
+  return types.ClientBatch(
+      image=image.reshape(*lead, *images.shape[1:]),
+      label=label.reshape(*lead, *np.shape(labels)[1:]),
+      mask=mask.reshape(lead),
+      weight=weight,
+      client_id=client_id,
+  )
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """SplitMix64 finaliser: a bijective, well-mixing hash of uint64 arrays."""
+  x = np.asarray(x, dtype=np.uint64) + _GOLDEN
+  x = (x ^ (x >> np.uint64(30))) * _M1
+  x = (x ^ (x >> np.uint64(27))) * _M2
+  return x ^ (x >> np.uint64(31))
+
+
+def make_eval_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Yields fixed-size batches over a split, the last one zero-padded.
+
+  Every batch has the same shape, so a jitted eval step compiles once.
+
+  Args:
+    images: [N, H, W, ch] images.
+    labels: [N] (or [N, L]) labels.
+    batch_size: B.
+
+  Yields:
+    ``(image [B, H, W, ch], label [B] int32, mask [B] bool)``; ``mask`` is False
+    on padding rows.
+  """
+  bsz = partition_base.check_int("batch_size", batch_size, minimum=1)
+  images, labels = np.asarray(images), np.asarray(labels)
+  if len(images) != len(labels):
+    raise errors.ConfigError(f"{len(images)} images but {len(labels)} labels")
+  for lo in range(0, len(images), bsz):
+    real = min(bsz, len(images) - lo)
+    image = np.zeros((bsz, *images.shape[1:]), images.dtype)
+    image[:real] = images[lo : lo + real]
+    label = np.zeros((bsz, *labels.shape[1:]), np.int32)
+    label[:real] = labels[lo : lo + real]
+    yield image, label, np.arange(bsz) < real
+
+
+class Prefetcher(Generic[T]):
+  """Builds round ``r + 1``'s batch in a background thread while round ``r`` runs.
+
+  Example::
+
+    with Prefetcher(lambda r: make_client_batch(..., round_idx=r)) as batches:
+      for r in range(start, num_rounds):
+        state, metrics = round_fn(state, batches.get(r))
+
+  numpy releases the GIL in its bulk copies, so the gather overlaps with device
+  work. Exceptions from the background build surface in :meth:`get`.
+  """
+
+  def __init__(self, make_batch: Callable[[int], T], *, stop: int | None = None):
+    """Initialises the prefetcher.
+
+    Args:
+      make_batch: ``round_idx -> batch``; must be safe to call from another thread.
+      stop: if given, rounds ``>= stop`` are never prefetched (the run's end).
+    """
+    self._make_batch = make_batch
+    self._stop = stop
+    self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    self._pending: tuple[int, concurrent.futures.Future[T]] | None = None
+
+  def get(self, round_idx: int) -> T:
+    """Returns round ``round_idx``'s batch and starts building the next one."""
+    pending, self._pending = self._pending, None
+    if pending is not None and pending[0] == round_idx:
+      batch = pending[1].result()
+    else:
+      if pending is not None:
+        pending[1].cancel()  # a stale guess (e.g. after a resume); its result is dropped
+      batch = self._make_batch(round_idx)
+    if self._stop is None or round_idx + 1 < self._stop:
+      self._pending = (round_idx + 1, self._executor.submit(self._make_batch, round_idx + 1))
+    return batch
+
+  def close(self) -> None:
+    """Stops the background thread (waits for a build in progress)."""
+    self._pending = None
+    self._executor.shutdown(wait=True, cancel_futures=True)
+
+  def __enter__(self) -> Prefetcher[T]:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

@@ -1,0 +1,81 @@
+"""Validation of run configs: one clear ``ConfigError`` per impossible value.
+
+Called by ``train.train_and_evaluate`` before anything is written to the
+workdir, so a bad value never leaves half-written output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from fedjax_med import partition
+from fedjax_med.data import registry
+from fedjax_med.errors import ConfigError
+from fedjax_med.models import layers
+from fedjax_med.models import registry as model_registry
+
+ALGORITHMS = ("fedavg", "centralized")
+SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+
+
+def _check(cond: bool, key: str, value, fix: str) -> None:
+  if not cond:
+    raise ConfigError(f"invalid --config.{key}={value!r}: {fix}")
+
+
+def _positive_int(config, key: str) -> None:
+  value = _get(config, key)
+  _check(isinstance(value, int) and value >= 1, key, value, "must be an integer >= 1")
+
+
+def _positive_float(config, key: str) -> None:
+  value = _get(config, key)
+  ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+  _check(ok, key, value, "must be a finite number > 0")
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` naming the first invalid key and how to fix it."""
+  _check(config.algorithm in ALGORITHMS, "algorithm", config.algorithm,
+         f"choose one of {ALGORITHMS}")
+  _check(config.data.name in registry.DATASETS, "data.name", config.data.name,
+         f"choose one of {sorted(registry.DATASETS)}")
+  _check(config.data.size in registry.SIZES, "data.size", config.data.size,
+         f"choose one of {registry.SIZES}")
+  _check(config.model.name in model_registry.names(), "model.name", config.model.name,
+         f"choose one of {model_registry.names()}")
+  _check(config.model.conv_impl in layers.IMPLS, "model.conv_impl", config.model.conv_impl,
+         f"choose one of {layers.IMPLS}")
+  for key in ("fl.rounds", "fl.num_clients", "fl.clients_per_round", "fl.local_steps",
+              "fl.batch_size", "eval.every", "eval.batch_size", "ckpt.every", "ckpt.keep"):
+    _positive_int(config, key)
+  _check(config.fl.clients_per_round <= config.fl.num_clients, "fl.clients_per_round",
+         config.fl.clients_per_round,
+         f"cannot sample more clients per round than fl.num_clients={config.fl.num_clients}")
+  for key in ("fl.client_lr", "fl.server_lr"):
+    _positive_float(config, key)
+  for key in ("fl.client_momentum", "fl.server_momentum"):
+    value = _get(config, key)
+    _check(0.0 <= value < 1.0, key, value, "must be in [0, 1)")
+  _check(config.fl.client_weight_decay >= 0, "fl.client_weight_decay",
+         config.fl.client_weight_decay, "must be >= 0")
+  _check(config.fl.server_opt in SERVER_OPTIMIZERS, "fl.server_opt", config.fl.server_opt,
+         f"choose one of {SERVER_OPTIMIZERS}")
+  _check(config.fl.client_chunk_size >= 0, "fl.client_chunk_size", config.fl.client_chunk_size,
+         "must be >= 0 (0 = all sampled clients at once)")
+  _check(config.fl.local_unroll >= 1, "fl.local_unroll", config.fl.local_unroll,
+         "must be >= 1 (1 = lax.scan without unrolling)")
+  _check(config.partition.kind in partition.KINDS, "partition.kind", config.partition.kind,
+         f"choose one of {partition.KINDS}")
+  if config.algorithm == "centralized":
+    _check(config.fl.num_clients == 1, "fl.num_clients", config.fl.num_clients,
+           "centralized training pools the data: set --config.fl.num_clients=1")

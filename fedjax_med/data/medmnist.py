@@ -1,0 +1,342 @@
+"""MedMNIST v2 2D datasets as numpy arrays: find, download, verify, load.
+
+A dataset is one official ``.npz`` file per image size (see ``registry.py``).
+``load`` reads it from a local folder, downloading it first when it is absent
+and downloads are allowed. Every failure a user can fix (missing file, no
+network, corrupt or foreign file, unknown name or size) raises
+:class:`~fedjax_med.errors.DataError` with one message that names the problem
+and the fix; the launcher prints it and exits with code 2.
+
+Images stay ``uint8`` here; models normalise them. No JAX in this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from fedjax_med.data import registry
+from fedjax_med.data.registry import DatasetInfo
+from fedjax_med.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+KEYS = tuple(f"{split}_{part}" for split in SPLITS for part in ("images", "labels"))
+DOWNLOAD_TIMEOUT_S = 30.0
+_CHUNK = 1 << 20
+
+
+class Split(NamedTuple):
+  """One split of a dataset, as stored (no normalisation)."""
+
+  images: np.ndarray  # [N, H, W, ch] uint8
+  labels: np.ndarray  # [N] int32, in [0, num_classes)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A loaded MedMNIST dataset at one image size.
+
+  ``eq=False``: instances hold large arrays, so equality and hashing are by
+  identity rather than element-wise.
+
+  Attributes:
+    info: registry facts (name, task, labels, ...).
+    size: image side in pixels (one of ``registry.SIZES``).
+    train: training split.
+    val: validation split.
+    test: test split.
+  """
+
+  info: DatasetInfo
+  size: int
+  train: Split
+  val: Split
+  test: Split
+
+  @property
+  def num_classes(self) -> int:
+    return self.info.num_classes
+
+  @property
+  def channels(self) -> int:
+    return self.info.channels
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """``(H, W, ch)`` of every image."""
+    return (self.size, self.size, self.info.channels)
+
+  def split(self, name: str) -> Split:
+    """Returns the split called ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
+    if name not in SPLITS:
+      raise ConfigError(f"Unknown split {name!r}; valid splits: {', '.join(SPLITS)}.")
+    return getattr(self, name)
+
+
+def default_root() -> str:
+  """The data folder: ``$MEDMNIST_ROOT`` if set, else ``~/.medmnist``."""
+  root = os.environ.get("MEDMNIST_ROOT")
+  return os.path.expanduser(root if root else os.path.join("~", ".medmnist"))
+
+
+def resolve_info(name: str, size: int) -> DatasetInfo:
+  """Checks that ``name`` and ``size`` are supported and returns the registry entry.
+
+  Args:
+    name: MedMNIST flag, e.g. ``"pneumoniamnist"``.
+    size: image side in pixels.
+
+  Returns:
+    The :class:`DatasetInfo` for ``name``.
+
+  Raises:
+    DataError: unknown name, unsupported size, or a multi-label task.
+  """
+  info = registry.DATASETS.get(name)
+  if info is None:
+    raise DataError(
+      f"Unknown MedMNIST dataset {name!r}. Valid names: {', '.join(sorted(registry.DATASETS))}."
+    )
+  if size not in registry.SIZES:
+    raise DataError(
+      f"Unsupported MedMNIST image size {size!r} for {name}. "
+      f"Valid sizes: {', '.join(map(str, registry.SIZES))}."
+    )
+  if info.multi_label:
+    raise DataError(
+      f"{name}: multi-label ChestMNIST is not supported yet "
+      f"(task {info.task!r}); choose a single-label dataset."
+    )
+  return info
+
+
+def load(
+  name: str,
+  *,
+  root: str | None = None,
+  size: int = 28,
+  download: bool = True,
+  verify_md5: bool = True,
+) -> Dataset:
+  """Loads a MedMNIST 2D dataset from ``root``, downloading it if needed.
+
+  Args:
+    name: MedMNIST flag, e.g. ``"pneumoniamnist"`` or ``"pathmnist"``.
+    root: folder holding the official ``.npz`` files; ``None`` means
+      :func:`default_root`.
+    size: image side in pixels, one of ``registry.SIZES``.
+    download: if the file is absent, fetch it from the official URL into
+      ``root`` (via a temporary file, MD5-checked, then renamed into place,
+      so a failed download never leaves a partial file).
+    verify_md5: check the file's MD5 and split sizes against the registry.
+      ``False`` only checks structure (keys, shapes, dtypes, label range);
+      it is meant for synthetic files in tests. Downloads are always
+      MD5-checked.
+
+  Returns:
+    The :class:`Dataset`, images ``[N, size, size, ch]`` uint8, labels ``[N]`` int32.
+
+  Raises:
+    DataError: unknown name or size, multi-label task, missing file that
+      cannot be downloaded, or a corrupt or malformed file.
+  """
+  info = resolve_info(name, size)
+  root = os.path.expanduser(root) if root else default_root()
+  path = os.path.join(root, info.filename(size))
+  if os.path.exists(path) and not os.path.isfile(path):
+    raise DataError(f"{path} exists but is not a file; remove it so the .npz file can go there.")
+  if not os.path.isfile(path):
+    if not download:
+      raise DataError(_missing_message(info, size, root, "downloads are disabled"))
+    _download(info, size, root, path)
+  elif verify_md5:
+    _check_md5(path, info, size)
+  arrays = _read_npz(path, info, size)
+  return from_arrays(name, arrays, size=size, check_split_sizes=verify_md5, source=path)
+
+
+def from_arrays(
+  name: str,
+  arrays: Mapping[str, np.ndarray],
+  *,
+  size: int = 28,
+  check_split_sizes: bool = False,
+  source: str = "arrays",
+) -> Dataset:
+  """Validates arrays in the official ``.npz`` layout and builds a :class:`Dataset`.
+
+  Args:
+    name: MedMNIST flag the arrays claim to be.
+    arrays: the six official keys (``train_images`` ... ``test_labels``);
+      images ``[N, H, W]`` (gray) or ``[N, H, W, 3]`` (RGB) uint8, labels
+      ``[N, 1]`` integer.
+    size: expected image side in pixels.
+    check_split_sizes: also require the official split sizes of the registry.
+    source: what to call the arrays in error messages (e.g. a file path).
+
+  Returns:
+    The :class:`Dataset`.
+
+  Raises:
+    DataError: missing keys, wrong shapes or dtypes, labels out of range, or
+      (with ``check_split_sizes``) split sizes that differ from the registry.
+  """
+  info = resolve_info(name, size)
+  missing = [k for k in KEYS if k not in arrays]
+  if missing:
+    raise DataError(
+      _corrupt_message(
+        info, size, source, f"missing keys {missing} (has {sorted(arrays)}; expects {list(KEYS)})"
+      )
+    )
+  splits = {
+    split: _make_split(
+      info, size, source, split, arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    )
+    for split in SPLITS
+  }
+  if check_split_sizes:
+    got = {split: len(s.labels) for split, s in splits.items()}
+    if got != info.split_sizes:
+      raise DataError(
+        _corrupt_message(
+          info, size, source, f"split sizes {got} differ from the official {info.split_sizes}"
+        )
+      )
+  return Dataset(info=info, size=size, **splits)
+
+
+def file_md5(path: str) -> str:
+  """MD5 hex digest of a file, read in 1 MiB chunks."""
+  digest = hashlib.md5(usedforsecurity=False)
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _make_split(
+  info: DatasetInfo, size: int, source: str, split: str, images: np.ndarray, labels: np.ndarray
+) -> Split:
+  """Checks one split and converts it to ``[N, H, W, ch]`` uint8 / ``[N]`` int32."""
+
+  def fail(what: str) -> DataError:
+    return DataError(_corrupt_message(info, size, source, f"{split}: {what}"))
+
+  images, labels = np.asarray(images), np.asarray(labels)
+  if images.dtype != np.uint8:
+    raise fail(f"images have dtype {images.dtype}, expected uint8")
+  stored_shape = images.shape
+  # Gray files store [N, H, W]; accept [N, H, W, 1] too.
+  if info.channels == 1 and images.ndim == 3:
+    images = images[..., None]
+  expected = (size, size, info.channels)
+  if images.ndim != 4 or images.shape[1:] != expected:
+    stored = "[N, H, W]" if info.channels == 1 else "[N, H, W, 3]"
+    raise fail(
+      f"images have shape {stored_shape}, expected [N, {size}, {size}] "
+      f"stored as {stored} ({info.channels} channel(s))"
+    )
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise fail(f"labels have dtype {labels.dtype}, expected an integer dtype")
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if labels.ndim != 1:
+    raise fail(f"labels have shape {labels.shape}, expected [N, 1]")
+  if len(labels) != len(images):
+    raise fail(f"{len(images)} images but {len(labels)} labels")
+  if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
+    raise fail(
+      f"labels span [{labels.min()}, {labels.max()}], expected [0, {info.num_classes - 1}]"
+    )
+  return Split(images=images, labels=labels.astype(np.int32))
+
+
+def _read_npz(path: str, info: DatasetInfo, size: int) -> dict[str, np.ndarray]:
+  """Reads all arrays of an ``.npz`` file, turning any read failure into DataError."""
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      return {key: npz[key] for key in npz.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+    raise DataError(
+      _corrupt_message(info, size, path, f"not a readable .npz archive ({type(e).__name__}: {e})")
+    ) from None
+
+
+def _check_md5(path: str, info: DatasetInfo, size: int) -> None:
+  expected = info.md5[size]
+  got = file_md5(path)
+  if got != expected:
+    raise DataError(
+      _corrupt_message(info, size, path, f"MD5 is {got}, expected {expected}")
+      + " (For a synthetic or modified file, load it with verify_md5=False.)"
+    )
+
+
+def _download(info: DatasetInfo, size: int, root: str, path: str) -> None:
+  """Downloads the official file to ``path`` via a temp file in the same folder.
+
+  The temp file is MD5-checked and then atomically renamed into place; on any
+  failure it is removed, so ``path`` either is complete or does not exist.
+  """
+  url = info.url(size)
+  expected = info.md5[size]
+  try:
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{info.filename(size)}.", suffix=".part")
+  except OSError as e:
+    raise DataError(
+      _missing_message(info, size, root, f"cannot write to the folder ({e})")
+    ) from None
+  logging.getLogger(__name__).info("Downloading %s to %s", url, path)
+  try:
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+      with (
+        os.fdopen(fd, "wb") as out,
+        urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
+      ):
+        while chunk := resp.read(_CHUNK):
+          digest.update(chunk)
+          out.write(chunk)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+      raise DataError(
+        _missing_message(info, size, root, f"the download failed ({type(e).__name__}: {e})")
+      ) from None
+    if digest.hexdigest() != expected:
+      raise DataError(
+        f"Downloaded {url} but its MD5 is {digest.hexdigest()}, expected {expected}; "
+        f"the download was corrupt or incomplete and was discarded. Try again, or download "
+        f"{info.filename(size)} by hand into {root}."
+      )
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _missing_message(info: DatasetInfo, size: int, root: str, reason: str) -> str:
+  return (
+    f"MedMNIST file {info.filename(size)} not found in {root} and {reason}. "
+    f"Download it from {info.url(size)} and put it in {root}, or point to the folder "
+    f"that holds it with --config.data.root=/path/to/folder or the MEDMNIST_ROOT "
+    f"environment variable."
+  )
+
+
+def _corrupt_message(info: DatasetInfo, size: int, source: str, what: str) -> str:
+  return (
+    f"{source} is not a valid MedMNIST file for {info.name} at {size}px: {what}. "
+    f"Delete it and download it again from {info.url(size)}."
+  )

@@ -1,0 +1,118 @@
+"""Evaluation metrics (loss, accuracy, ROC-AUC) and the JSONL metrics log.
+
+Loss and accuracy are accumulated over padded eval batches with masked
+``clu.metrics`` collections; ROC-AUC needs every score, so it is computed on the
+host from the gathered class probabilities (rank statistic, ties averaged),
+the same definition as MedMNIST's evaluator: the positive-class score for
+binary tasks, the mean of one-vs-rest AUCs for multi-class ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+
+
+@flax.struct.dataclass
+class EvalMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  accuracy: clu_metrics.Accuracy
+
+
+def eval_batch_metrics(logits, labels, mask) -> EvalMetrics:
+  """Masked loss/accuracy of one padded batch (jit-able)."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return EvalMetrics.gather_from_model_output(logits=logits, labels=labels, loss=loss, mask=mask)
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Area under the ROC curve of ``scores`` for the boolean ``positive``.
+
+  Equals the probability that a random positive scores above a random
+  negative (ties count 1/2): the Mann-Whitney U statistic. NaN if a class is absent.
+  """
+  scores = np.asarray(scores, np.float64)
+  positive = np.asarray(positive, bool)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  order = np.argsort(scores, kind="mergesort")
+  sorted_scores = scores[order]
+  ranks = np.empty(len(scores), np.float64)
+  # Average ranks over ties.
+  boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+  starts = np.concatenate([[0], boundaries])
+  ends = np.concatenate([boundaries, [len(scores)]])
+  avg = (starts + ends + 1) / 2.0  # 1-based average rank of each tie group
+  ranks[order] = np.repeat(avg, ends - starts)
+  u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
+
+def auc(probs: np.ndarray, labels: np.ndarray) -> float:
+  """ROC-AUC as MedMNIST reports it (binary: class-1 score; else mean one-vs-rest)."""
+  num_classes = probs.shape[1]
+  if num_classes == 2:
+    return roc_auc(probs[:, 1], labels == 1)
+  per_class = [roc_auc(probs[:, k], labels == k) for k in range(num_classes)]
+  return float(np.nanmean(per_class)) if not np.all(np.isnan(per_class)) else float("nan")
+
+
+def to_jsonable(value):
+  """Numpy/JAX scalars and arrays -> plain Python for json.dumps."""
+  if isinstance(value, dict):
+    return {k: to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_jsonable(v) for v in value]
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  return value
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """Writes JSON to ``path`` via a temporary file and ``os.replace``."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+class JsonlWriter:
+  """Appends one JSON object a line to ``metrics.jsonl``.
+
+  On resume, ``truncate_after(round)`` drops records of rounds that the
+  restored checkpoint had not reached, so a resumed run's log equals an
+  uninterrupted one.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def truncate_after(self, last_round: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in records if r.get("round", 0) <= last_round]
+    tmp = f"{self.path}.tmp"
+    with open(tmp, "w") as f:
+      for r in kept:
+        f.write(json.dumps(r, sort_keys=True) + "\n")
+    os.replace(tmp, self.path)
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
+      f.flush()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

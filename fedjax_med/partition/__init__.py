@@ -1,0 +1,101 @@
+"""Partitions of a training split into clients: seeded numpy, no JAX.
+
+Each kind maps ``(labels or N, num_clients, seed, ...)`` to a :class:`Partition`
+that gives every training example to exactly one client. :func:`make_partition`
+picks the kind by name (the config's ``partition.kind``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedjax_med import errors
+from fedjax_med.partition.base import (
+    Partition,
+    check_labels,
+    check_partition,
+    summarize,
+    write_summary,
+)
+from fedjax_med.partition.dirichlet import dirichlet
+from fedjax_med.partition.iid import iid
+from fedjax_med.partition.quantity import QUANTITY_KINDS, quantity
+from fedjax_med.partition.shards import shards
+
+KINDS = ("iid", "dirichlet", "shards", "quantity")
+
+
+def make_partition(
+    kind: str,
+    labels: np.ndarray,
+    num_clients: int,
+    seed: int,
+    *,
+    alpha: float = 0.5,
+    min_size: int = 1,
+    shards_per_client: int = 2,
+    quantity_kind: str = "lognormal",
+    quantity_sigma: float = 1.0,
+    power_exponent: float = 1.5,
+) -> Partition:
+  """Builds the partition named ``kind``.
+
+  Only the arguments of the chosen kind are used: ``alpha`` and ``min_size`` for
+  ``"dirichlet"``; ``shards_per_client`` for ``"shards"``; ``quantity_kind``,
+  ``quantity_sigma``, ``power_exponent`` and ``min_size`` for ``"quantity"``.
+
+  Args:
+    kind: one of :data:`KINDS`.
+    labels: [N] or [N, 1] class ids of the training split ([N, L] multi-label
+      labels work for ``"iid"`` and ``"quantity"``, which only use N).
+    num_clients: the number of clients.
+    seed: a non-negative integer.
+    alpha: Dirichlet concentration.
+    min_size: the fewest examples per client (dirichlet, quantity).
+    shards_per_client: shards per client.
+    quantity_kind: ``"lognormal"`` or ``"power_law"``.
+    quantity_sigma: log-normal shape.
+    power_exponent: power-law exponent.
+
+  Returns:
+    The partition.
+
+  Raises:
+    errors.ConfigError: unknown ``kind`` or invalid arguments for it.
+  """
+  num_examples = len(labels)
+  if kind == "iid":
+    return iid(num_examples, num_clients, seed)
+  if kind == "dirichlet":
+    return dirichlet(labels, num_clients, alpha, seed, min_size=min_size)
+  if kind == "shards":
+    return shards(labels, num_clients, shards_per_client, seed)
+  if kind == "quantity":
+    return quantity(
+        num_examples,
+        num_clients,
+        seed,
+        kind=quantity_kind,
+        sigma=quantity_sigma,
+        exponent=power_exponent,
+        min_size=min_size,
+    )
+  raise errors.ConfigError(
+      f"unknown partition kind {kind!r}; valid kinds: {', '.join(KINDS)}"
+  )
+
+
+__all__ = [
+    "KINDS",
+    "QUANTITY_KINDS",
+    "Partition",
+    "check_labels",
+    "check_partition",
+    "dirichlet",
+    "iid",
+    "make_partition",
+    "quantity",
+    "shards",
+    "summarize",
+    "write_summary",
+]

@@ -1,0 +1,321 @@
+"""The :class:`Partition` type, its validation helpers and its JSON summary.
+
+A partition assigns every training example to exactly one client. It is stored
+CSR-style: ``indices`` lists the example indices grouped by client (sorted within
+each client) and ``offsets`` marks where each client's group starts, so client
+``i`` owns ``indices[offsets[i]:offsets[i + 1]]``. Everything here is seeded numpy;
+nothing imports JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fedjax_med import errors
+
+
+class Partition(NamedTuple):
+  """Training-example indices grouped by client.
+
+  Attributes:
+    indices: [N] int64 example indices, grouped by client, sorted within a client.
+    offsets: [num_clients + 1] int64; client ``i`` owns
+      ``indices[offsets[i]:offsets[i + 1]]``.
+  """
+
+  indices: np.ndarray  # [N] int64
+  offsets: np.ndarray  # [num_clients + 1] int64
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.offsets) - 1
+
+  @property
+  def sizes(self) -> np.ndarray:
+    """[num_clients] int64 number of examples of each client."""
+    return np.diff(self.offsets)
+
+  def client(self, i: int) -> np.ndarray:
+    """The example indices of client ``i`` (a view, do not modify)."""
+    if not -self.num_clients <= i < self.num_clients:
+      raise IndexError(f"client {i} out of range for {self.num_clients} clients")
+    i %= self.num_clients
+    return self.indices[self.offsets[i] : self.offsets[i + 1]]
+
+  def client_of_example(self) -> np.ndarray:
+    """[N] int64: the client that owns each example (the inverse mapping).
+
+    Assumes the partition covers ``arange(N)`` exactly (see :func:`check_partition`).
+    """
+    owner = np.empty(len(self.indices), np.int64)
+    owner[self.indices] = np.repeat(np.arange(self.num_clients, dtype=np.int64), self.sizes)
+    return owner
+
+  @classmethod
+  def from_lists(cls, lists: Sequence[Sequence[int] | np.ndarray]) -> Partition:
+    """Builds a partition from one array of example indices per client.
+
+    Args:
+      lists: ``lists[i]`` holds the example indices of client ``i``; kept in the given
+        order (no sorting, no validation: call :func:`check_partition`).
+
+    Returns:
+      The partition.
+    """
+    arrays = [np.asarray(a, dtype=np.int64).reshape(-1) for a in lists]
+    sizes = np.array([len(a) for a in arrays], dtype=np.int64)
+    indices = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+    return cls(indices=indices, offsets=_offsets(sizes))
+
+  @classmethod
+  def from_assignment(cls, owner: np.ndarray, num_clients: int) -> Partition:
+    """Builds a partition from the owning client of each example.
+
+    Args:
+      owner: [N] int, ``owner[j]`` is the client of example ``j``, in
+        ``[0, num_clients)``.
+      num_clients: the number of clients (clients owning nothing get size 0).
+
+    Returns:
+      The partition, with indices sorted within each client.
+    """
+    owner = np.asarray(owner, dtype=np.int64)
+    # A stable sort by owner keeps example indices ascending within each client.
+    indices = np.argsort(owner, kind="stable").astype(np.int64)
+    sizes = np.bincount(owner, minlength=num_clients).astype(np.int64)
+    return cls(indices=indices, offsets=_offsets(sizes))
+
+
+def _offsets(sizes: np.ndarray) -> np.ndarray:
+  return np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes, dtype=np.int64)])
+
+
+def check_partition(partition: Partition, num_examples: int) -> None:
+  """Raises ConfigError unless ``partition`` gives each of ``num_examples`` to one client.
+
+  Args:
+    partition: the partition to check.
+    num_examples: N, the number of training examples.
+
+  Raises:
+    errors.ConfigError: the offsets are malformed, or some example is missing,
+      duplicated or out of range.
+  """
+  offsets = np.asarray(partition.offsets)
+  if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0:
+    raise errors.ConfigError("partition offsets must be [num_clients + 1] starting at 0")
+  if np.any(np.diff(offsets) < 0) or offsets[-1] != len(partition.indices):
+    raise errors.ConfigError(
+        "partition offsets must be non-decreasing and end at len(indices) "
+        f"({len(partition.indices)}), got last offset {offsets[-1]}"
+    )
+  if len(partition.indices) != num_examples:
+    raise errors.ConfigError(
+        f"partition holds {len(partition.indices)} examples but the training split has "
+        f"{num_examples}: every example must belong to exactly one client"
+    )
+  counts = np.bincount(
+      np.clip(partition.indices, 0, max(num_examples - 1, 0)), minlength=num_examples
+  )
+  bad_range = np.any((partition.indices < 0) | (partition.indices >= num_examples))
+  if bad_range or np.any(counts != 1):
+    raise errors.ConfigError(
+        "partition must use each example index in [0, num_examples) exactly once "
+        f"(missing or repeated: {int(np.sum(counts != 1))}, out of range: {bool(bad_range)})"
+    )
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+  """Returns ``value`` as an int, or raises ConfigError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise errors.ConfigError(f"{name} must be an integer, got {value!r}")
+  value = int(value)
+  if minimum is not None and value < minimum:
+    raise errors.ConfigError(f"{name} must be >= {minimum}, got {value}")
+  return value
+
+
+def check_float(name: str, value: Any, *, positive: bool = False) -> float:
+  """Returns ``value`` as a finite float (> 0 if ``positive``, else >= 0)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise errors.ConfigError(f"{name} must be a number, got {value!r}")
+  value = float(value)
+  if not np.isfinite(value):
+    raise errors.ConfigError(f"{name} must be finite, got {value}")
+  if positive and value <= 0:
+    raise errors.ConfigError(f"{name} must be > 0, got {value}")
+  if not positive and value < 0:
+    raise errors.ConfigError(f"{name} must be >= 0, got {value}")
+  return value
+
+
+def check_num_clients(num_clients: Any, num_examples: int, *, min_size: int = 0) -> int:
+  """Checks ``1 <= num_clients`` and ``num_clients * max(min_size, 1) <= num_examples``."""
+  num_clients = check_int("num_clients", num_clients, minimum=1)
+  if num_clients > num_examples:
+    raise errors.ConfigError(
+        f"num_clients={num_clients} exceeds the {num_examples} training examples: "
+        "every client needs at least one example; lower num_clients"
+    )
+  if num_clients * min_size > num_examples:
+    raise errors.ConfigError(
+        f"num_clients * min_size = {num_clients} * {min_size} = {num_clients * min_size} "
+        f"exceeds the {num_examples} training examples; lower min_size or num_clients"
+    )
+  return num_clients
+
+
+def check_seed(seed: Any) -> int:
+  """Seeds must be non-negative integers (``np.random.SeedSequence`` requires it)."""
+  return check_int("seed", seed, minimum=0)
+
+
+def check_labels(labels: Any) -> np.ndarray:
+  """Returns single-label class ids as a [N] int64 array.
+
+  Args:
+    labels: [N] or [N, 1] (MedMNIST's layout) non-negative integer labels.
+
+  Returns:
+    [N] int64 labels.
+
+  Raises:
+    errors.ConfigError: empty, multi-label, non-integer or negative labels.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if labels.ndim != 1:
+    raise errors.ConfigError(
+        f"label-based partitions need one class per example ([N] or [N, 1] labels), got "
+        f"shape {labels.shape}; for multi-label data use kind 'iid' or 'quantity'"
+    )
+  if len(labels) == 0:
+    raise errors.ConfigError("cannot partition an empty training split")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise errors.ConfigError(f"labels must be integers, got dtype {labels.dtype}")
+  if labels.min() < 0:
+    raise errors.ConfigError(f"labels must be >= 0, got minimum {labels.min()}")
+  return labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(partition: Partition, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+  """A JSON-serialisable description of a partition and its label skew.
+
+  Label skew is the total-variation (TV) distance
+  ``0.5 * sum_k |p_client(k) - p_global(k)|`` between each client's label
+  distribution and the global one: 0 for a perfectly IID client, 1 for a client
+  whose classes are disjoint from the rest. For multi-label ``[N, L]`` labels the
+  histogram counts positives per label and the distributions are the normalised
+  positive counts.
+
+  Args:
+    partition: the partition (covering ``arange(N)``).
+    labels: [N] or [N, 1] class ids, or [N, L] multi-hot labels.
+    num_classes: the number of classes (histogram width).
+
+  Returns:
+    A dict with ``num_clients``, ``num_examples``, ``sizes`` (list),
+    ``size_stats`` (min/median/max/mean/std), ``label_histogram`` (list of
+    per-client lists, summing to ``sizes`` for single-label data),
+    ``global_label_histogram``, ``classes_per_client`` (min/median/max/mean of
+    the number of classes present), ``label_skew_tv`` (mean TV distance over
+    non-empty clients) and ``label_skew_tv_weighted`` (weighted by size).
+  """
+  num_classes = check_int("num_classes", num_classes, minimum=1)
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  sizes = partition.sizes
+  k = partition.num_clients
+  if labels.ndim == 1:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+      raise errors.ConfigError(
+          f"labels must lie in [0, num_classes={num_classes}), got "
+          f"[{labels.min()}, {labels.max()}]"
+      )
+    owner = np.repeat(np.arange(k, dtype=np.int64), sizes)
+    flat = owner * num_classes + labels[partition.indices].astype(np.int64)
+    hist = np.bincount(flat, minlength=k * num_classes).reshape(k, num_classes)
+  elif labels.ndim == 2 and labels.shape[1] == num_classes:
+    # Segment sums through a cumulative sum (np.add.reduceat mishandles empty clients).
+    csum = np.concatenate(
+        [np.zeros((1, num_classes), np.int64), np.cumsum(labels[partition.indices], 0)]
+    )
+    hist = csum[partition.offsets[1:]] - csum[partition.offsets[:-1]]
+  else:
+    raise errors.ConfigError(
+        f"labels must be [N], [N, 1] or [N, num_classes={num_classes}], got {labels.shape}"
+    )
+  hist = hist.astype(np.int64)
+  global_hist = hist.sum(0)
+  p_global = global_hist / max(global_hist.sum(), 1)
+  totals = hist.sum(1)
+  present = totals > 0
+  p_client = hist[present] / totals[present, None]
+  tv = 0.5 * np.abs(p_client - p_global).sum(1)
+  tv_weighted = float(np.average(tv, weights=sizes[present])) if sizes[present].sum() else 0.0
+  classes = (hist > 0).sum(1)
+  return {
+      "num_clients": int(k),
+      "num_examples": int(sizes.sum()),
+      "sizes": sizes.tolist(),
+      "size_stats": _stats(sizes),
+      "label_histogram": hist.tolist(),
+      "global_label_histogram": global_hist.tolist(),
+      "classes_per_client": _stats(classes),
+      "label_skew_tv": float(tv.mean()) if len(tv) else 0.0,
+      "label_skew_tv_weighted": tv_weighted,
+  }
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+  x = np.asarray(x, dtype=np.float64)
+  if len(x) == 0:
+    return {"min": 0.0, "median": 0.0, "max": 0.0, "mean": 0.0, "std": 0.0}
+  return {
+      "min": float(x.min()),
+      "median": float(np.median(x)),
+      "max": float(x.max()),
+      "mean": float(x.mean()),
+      "std": float(x.std()),
+  }
+
+
+def write_summary(path: str | os.PathLike[str], summary: dict[str, Any]) -> None:
+  """Writes ``summary`` as JSON atomically: a temporary file, then ``os.replace``.
+
+  A reader (or a crash mid-write) never sees a half-written file.
+
+  Args:
+    path: the destination file; its directory is created if missing.
+    summary: a JSON-serialisable dict, e.g. from :func:`summarize`.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(summary, f, indent=1)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

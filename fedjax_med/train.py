@@ -1,0 +1,284 @@
+"""``train_and_evaluate(config, workdir)``: the one training loop.
+
+Federated and centralized runs go through the same loop; only the algorithm
+(an ``(init, round)`` pair) and the partition differ. The loop is host-side:
+sample clients, build the padded ``ClientBatch`` (prefetched one round ahead),
+call the jitted round, log, evaluate, checkpoint.
+
+Workdir layout: ``config.json`` (resolved config), ``partition.json``
+(per-client sizes and label histograms), ``metrics.jsonl`` (one record per
+train round / eval), ``summary.json`` (at the end), ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fedjax_med import algorithms, batching, checkpoint, config as config_lib, data, metrics
+from fedjax_med import models, partition, tasks, types
+from fedjax_med.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+def make_client_optimizer(lr: float, momentum: float, weight_decay: float):
+  """SGD (with optional momentum) plus decoupled-from-loss L2 on ``params`` only."""
+  sgd = optax.sgd(lr, momentum=momentum or None)
+  if not weight_decay:
+    return sgd
+  # Weight decay on trainable parameters only, never on BatchNorm statistics.
+  mask = lambda tree: {k: jax.tree.map(lambda _: k == "params", v) for k, v in tree.items()}  # noqa: E731
+  return optax.chain(optax.masked(optax.add_decayed_weights(weight_decay), mask), sgd)
+
+
+def make_server_optimizer(name: str, lr: float, momentum: float):
+  if name == "sgd":
+    return optax.sgd(lr, momentum=momentum or None)
+  return {"adam": optax.adam, "yogi": optax.yogi, "adagrad": optax.adagrad}[name](lr)
+
+
+def make_algorithm(config: ml_collections.ConfigDict, loss_fn) -> types.FederatedAlgorithm:
+  fl = config.fl
+  client_tx = make_client_optimizer(fl.client_lr, fl.client_momentum, fl.client_weight_decay)
+  if config.algorithm == "centralized":
+    return algorithms.centralized(loss_fn, client_tx, unroll=fl.local_unroll)
+  server_tx = make_server_optimizer(fl.server_opt, fl.server_lr, fl.server_momentum)
+  return algorithms.fedavg(
+      loss_fn,
+      client_tx,
+      server_tx,
+      client_chunk_size=fl.client_chunk_size or None,
+      local_unroll=fl.local_unroll,
+  )
+
+
+def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> partition.Partition:
+  p = config.partition
+  return partition.make_partition(
+      p.kind,
+      labels,
+      config.fl.num_clients,
+      config.seed,
+      alpha=p.alpha,
+      min_size=p.min_size,
+      shards_per_client=p.shards_per_client,
+      quantity_kind=p.quantity_kind,
+      quantity_sigma=p.quantity_sigma,
+      power_exponent=p.power_exponent,
+  )
+
+
+def evaluate(predict_fn, params, split: data.Split, batch_size: int) -> dict:
+  """Loss, accuracy and ROC-AUC of ``params`` on a whole split (fixed-size padded batches)."""
+  n = len(split.labels)
+  collected, probs = None, []
+  for start in range(0, n, batch_size):
+    images = split.images[start : start + batch_size]
+    labels = split.labels[start : start + batch_size]
+    real = len(labels)
+    pad = batch_size - real
+    if pad:
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+    mask = np.arange(batch_size) < real
+    batch_metrics, batch_probs = predict_fn(params, *jax.device_put((images, labels, mask)))
+    collected = batch_metrics if collected is None else collected.merge(batch_metrics)
+    probs.append(np.asarray(jax.device_get(batch_probs))[:real])
+  result = {k: float(v) for k, v in collected.compute().items()}
+  result["auc"] = metrics.auc(np.concatenate(probs), split.labels)
+  return result
+
+
+def _make_eval_fn(model):
+  predict = tasks.make_predict_fn(model)
+
+  @jax.jit
+  def eval_fn(params, images, labels, mask):
+    logits = predict(params, images)
+    return metrics.eval_batch_metrics(logits, labels, mask), jax.nn.softmax(logits)
+
+  return eval_fn
+
+
+class _Progress:
+  """A tqdm bar on a terminal, else a log line every ~10% of the run."""
+
+  def __init__(self, mode: str, total: int, initial: int):
+    self.total, self.bar = total, None
+    if mode == "auto":
+      mode = "bar" if sys.stderr.isatty() else "lines"
+    self.mode = mode
+    self.every = max(1, total // 10)
+    if mode == "bar":
+      import tqdm
+
+      self.bar = tqdm.tqdm(total=total, initial=initial, unit="round", dynamic_ncols=True)
+
+  def update(self, round_idx: int, loss: float) -> None:
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{loss:.4f}")
+      self.bar.update(1)
+    elif self.mode == "lines" and (round_idx % self.every == 0 or round_idx == self.total):
+      log.info("round %d/%d  train loss %.4f", round_idx, self.total, loss)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types.ServerState:
+  """Trains per ``config``, writing logs and checkpoints to ``workdir``; resumes from it.
+
+  Raises:
+    ConfigError / DataError: bad input (nothing written to ``workdir`` yet).
+    NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
+  """
+  t_start = time.time()
+  config_lib.validate(config)
+  root = config.data.root or data.default_root()
+  ds = data.load(
+      config.data.name,
+      root=root,
+      size=config.data.size,
+      download=config.data.download,
+      verify_md5=config.data.verify_md5,
+  )
+  part = make_partition(config, ds.train.labels)
+  model = models.get_model(config.model.name, ds.num_classes, conv_impl=config.model.conv_impl)
+  loss_fn = tasks.make_loss_fn(model)
+  alg = make_algorithm(config, loss_fn)
+  fl = config.fl
+
+  # Inputs are valid: only now touch the workdir.
+  os.makedirs(workdir, exist_ok=True)
+  metrics.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+  metrics.write_json_atomic(
+      os.path.join(workdir, "partition.json"),
+      partition.summarize(part, ds.train.labels, ds.num_classes),
+  )
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = tasks.init_variables(model, init_key, ds.image_shape)
+  state = alg.init(params, state_key)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.keep)
+  writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+  if ckpt.latest_round() is not None:
+    state = ckpt.restore(state)
+    log.info("resumed from %s at round %d", ckpt.directory, int(state.round))
+  start = int(state.round)
+  writer.truncate_after(start)
+
+  make_batch = functools.partial(
+      _round_batch, config=config, images=ds.train.images, labels=ds.train.labels, part=part
+  )
+  prefetcher = batching.Prefetcher(make_batch, stop=fl.rounds)
+  round_fn = jax.jit(alg.round, donate_argnums=0)
+  eval_fn = _make_eval_fn(model)
+  progress = _Progress(config.log.progress, fl.rounds, start)
+  first_round_s = None
+  try:
+    for r in range(start, fl.rounds):
+      host_batch = prefetcher.get(r)
+      batch = jax.device_put(host_batch)
+      with jax.transfer_guard_host_to_device("disallow"):
+        state, round_metrics = round_fn(state, batch)
+      m = jax.device_get(round_metrics)
+      train_loss = _mean_loss(m)
+      if first_round_s is None:
+        first_round_s = time.time() - t_start
+      if not math.isfinite(train_loss):
+        raise NonFiniteLossError(
+            f"non-finite training loss ({train_loss}) in round {r + 1}; stopped. The last good "
+            f"checkpoint (round {ckpt.latest_round()}) is kept in {ckpt.directory}. Lower "
+            "--config.fl.client_lr or --config.fl.server_lr and rerun in a new workdir."
+        )
+      real = host_batch.weight > 0
+      writer.write({
+          "round": r + 1,
+          "split": "train",
+          "loss": train_loss,
+          "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
+          "pseudo_grad_norm": float(m.pseudo_grad_norm),
+      })
+      progress.update(r + 1, train_loss)
+      done = r + 1 == fl.rounds
+      if (r + 1) % config.eval.every == 0 or done:
+        _evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, r + 1, writer)
+      if (r + 1) % config.ckpt.every == 0 or done:
+        ckpt.save(state)
+  finally:
+    progress.close()
+    prefetcher.close()
+
+  final = {}
+  records = metrics.read_jsonl(writer.path)
+  for split in ("val", "test"):
+    last = [x for x in records if x["split"] == split and x["round"] == fl.rounds]
+    if not last:  # resumed an already finished run: evaluate again
+      last = [_evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, fl.rounds, None)[split]]
+    final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
+  summary = {
+      "rounds_completed": int(state.round),
+      "algorithm": config.algorithm,
+      "dataset": config.data.name,
+      "model": config.model.name,
+      "num_clients": fl.num_clients,
+      "clients_per_round": fl.clients_per_round,
+      "sample_gradients_per_round": fl.clients_per_round * fl.local_steps * fl.batch_size,
+      "wall_time_s": time.time() - t_start,
+      "time_to_first_round_s": first_round_s,
+      "backend": jax.default_backend(),
+      **final,
+  }
+  metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  ckpt.close()
+  log.info("test accuracy %.4f, AUC %.4f", final["test"]["accuracy"], final["test"]["auc"])
+  return state
+
+
+def _mean_loss(m: types.RoundMetrics) -> float:
+  steps = np.asarray(m.client_steps)
+  if steps.sum() == 0:
+    return 0.0
+  return float(np.asarray(m.client_loss).sum() / steps.sum())
+
+
+def _round_batch(round_idx, *, config, images, labels, part) -> types.ClientBatch:
+  fl = config.fl
+  client_ids = batching.sample_clients(fl.num_clients, fl.clients_per_round, config.seed, round_idx)
+  return batching.make_client_batch(
+      images,
+      labels,
+      part,
+      client_ids,
+      local_steps=fl.local_steps,
+      batch_size=fl.batch_size,
+      seed=config.seed,
+      round_idx=round_idx,
+  )
+
+
+def _evaluate_and_log(eval_fn, params, ds, batch_size, round_idx, writer) -> dict:
+  results = {}
+  for split in ("val", "test"):
+    res = evaluate(eval_fn, params, ds.split(split), batch_size)
+    res.update(round=round_idx, split=split)
+    if writer is not None:
+      writer.write(res)
+    results[split] = res
+  log.info(
+      "round %d: val acc %.4f auc %.4f | test acc %.4f auc %.4f", round_idx,
+      results["val"]["accuracy"], results["val"]["auc"],
+      results["test"]["accuracy"], results["test"]["auc"],
+  )
+  return results
