@@ -7,8 +7,8 @@ the same definition as MedMNIST's evaluator: the positive-class score for
 binary tasks, the mean of one-vs-rest AUCs for multi-class ones.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: clu reads the metric classes from
+# the dataclass annotations at runtime.
 import json
 import os
 
@@ -27,8 +27,9 @@ class EvalMetrics(clu_metrics.Collection):
 
 def eval_batch_metrics(logits, labels, mask) -> EvalMetrics:
   """Masked loss/accuracy of one padded batch (jit-able)."""
+  labels = jnp.asarray(labels, jnp.int32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return EvalMetrics.gather_from_model_output(logits=logits, labels=labels, loss=loss, mask=mask)
+  return EvalMetrics.single_from_model_output(logits=logits, labels=labels, loss=loss, mask=mask)
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:

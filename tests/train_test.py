@@ -1,0 +1,157 @@
+"""End to end: train_and_evaluate on synthetic MedMNIST-shaped files."""
+
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from configs import base
+from fedjax_med import errors, metrics, train
+from fedjax_med.data import synthetic
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("medmnist")
+  synthetic.write_npz(root / "pneumoniamnist.npz", name="pneumoniamnist", n_train=240, n_val=60,
+                      n_test=60, noise=0.6, seed=0)
+  return str(root)
+
+
+def small_config(data_root, **overrides):
+  c = base.get_config()
+  c.data.root = data_root
+  c.data.download = False
+  c.data.verify_md5 = False
+  c.model.name = "cnn_tiny"
+  c.partition.kind = "dirichlet"
+  c.partition.alpha = 1.0
+  c.partition.min_size = 5
+  c.fl.rounds = 4
+  c.fl.num_clients = 6
+  c.fl.clients_per_round = 4
+  c.fl.local_steps = 3
+  c.fl.batch_size = 8
+  c.fl.client_lr = 0.1
+  c.eval.every = 2
+  c.eval.batch_size = 32
+  c.ckpt.every = 2
+  c.log.progress = "none"
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def test_outputs_and_learning(data_root, tmp_path):
+  config = small_config(data_root, **{"fl.rounds": 8, "fl.local_steps": 4, "eval.every": 4})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.round) == 8
+  for name in ("config.json", "metrics.jsonl", "summary.json", "partition.json", "checkpoints"):
+    assert os.path.exists(tmp_path / name), name
+  assert json.load(open(tmp_path / "config.json"))["fl"]["rounds"] == 8
+  records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  for r in records:
+    assert {"round", "split", "loss"} <= set(r)
+  evals = [r for r in records if r["split"] in ("val", "test")]
+  assert all({"accuracy", "auc"} <= set(r) for r in evals)
+  train_losses = [r["loss"] for r in records if r["split"] == "train"]
+  assert np.mean(train_losses[-2:]) < train_losses[0]  # loss falls
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["rounds_completed"] == 8
+  assert summary["test"]["accuracy"] > 0.75  # balanced binary task: chance is 0.5
+  assert summary["test"]["auc"] > 0.8
+  assert set(summary["val"]) == {"accuracy", "auc", "loss"}
+
+
+class Killed(Exception):
+  pass
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "centralized"])
+def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch, algorithm):
+  overrides = {"algorithm": algorithm}
+  if algorithm == "centralized":
+    overrides.update({"fl.num_clients": 1, "fl.clients_per_round": 1, "partition.kind": "iid"})
+  config = small_config(data_root, **overrides)
+  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+
+  real_batch = train._round_batch
+
+  def dying_batch(round_idx, **kw):
+    if round_idx == 3:  # dies during round 4, after the checkpoint at round 2
+      raise Killed()
+    return real_batch(round_idx, **kw)
+
+  monkeypatch.setattr(train, "_round_batch", dying_batch)
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert not os.path.exists(tmp_path / "resumed" / "summary.json")
+  monkeypatch.setattr(train, "_round_batch", real_batch)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
+  log_full = metrics.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
+  log_resumed = metrics.read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))
+  assert log_full == log_resumed
+
+
+def test_resume_of_finished_run_rewrites_summary(data_root, tmp_path):
+  config = small_config(data_root, **{"fl.rounds": 2})
+  train.train_and_evaluate(config, str(tmp_path))
+  first = json.load(open(tmp_path / "summary.json"))
+  os.remove(tmp_path / "summary.json")
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.round) == 2
+  assert json.load(open(tmp_path / "summary.json"))["test"] == first["test"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
+  config = small_config(data_root, **{"ckpt.every": 1})
+  real_batch = train._round_batch
+
+  def poisoned(round_idx, **kw):
+    batch = real_batch(round_idx, **kw)
+    if round_idx == 2:
+      image = batch.image.astype(np.float32)
+      image[:] = np.nan
+      batch = batch._replace(image=image)
+    return batch
+
+  monkeypatch.setattr(train, "_round_batch", poisoned)
+  with pytest.raises(errors.NonFiniteLossError, match="round 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps[-1] == 2
+  assert not os.path.exists(tmp_path / "summary.json")
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("fl.clients_per_round", 99, "clients_per_round"),
+        ("fl.client_lr", -1.0, "client_lr"),
+        ("partition.alpha", 0.0, "alpha"),
+        ("fl.num_clients", 10_000, "client"),
+        ("model.name", "resnet1000", "model.name"),
+        ("data.size", 32, "data.size"),
+    ],
+)
+def test_bad_config_is_a_clear_error_before_any_output(data_root, tmp_path, key, value, match):
+  config = small_config(data_root, **{key: value})
+  with pytest.raises(errors.UserError, match=match):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_data_offline_is_a_clear_error(tmp_path):
+  config = small_config(str(tmp_path / "empty"))
+  with pytest.raises(errors.DataError, match="pneumoniamnist.npz"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
