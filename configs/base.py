@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.size = 28  # 28, 64, 128 or 224
   c.data.download = True  # fetch the official file (MD5-checked) when absent
   c.data.verify_md5 = True
+  c.data.augment = "none"  # none | shift | flip_shift (on device, training only)
 
   c.partition = ml_collections.ConfigDict()
   c.partition.kind = "dirichlet"  # iid | dirichlet | shards | quantity

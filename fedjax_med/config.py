@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from fedjax_med import partition
+from fedjax_med import augment, partition
 from fedjax_med.data import registry
 from fedjax_med.errors import ConfigError
 from fedjax_med.models import layers
@@ -51,6 +51,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"choose one of {sorted(registry.DATASETS)}")
   _check(config.data.size in registry.SIZES, "data.size", config.data.size,
          f"choose one of {registry.SIZES}")
+  _check(config.data.augment in augment.KINDS, "data.augment", config.data.augment,
+         f"choose one of {augment.KINDS}")
   _check(config.model.name in model_registry.names(), "model.name", config.model.name,
          f"choose one of {model_registry.names()}")
   _check(config.model.conv_impl in layers.IMPLS, "model.conv_impl", config.model.conv_impl,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_med import augment as augment_lib
 from fedjax_med import types
 
 
@@ -36,11 +37,22 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def make_loss_fn(model: nn.Module) -> types.LossFn:
-  """Masked mean softmax cross-entropy of ``model`` (train mode)."""
+def make_loss_fn(model: nn.Module, augment: str = "none") -> types.LossFn:
+  """Masked mean softmax cross-entropy of ``model`` (train mode).
+
+  Args:
+    model: a flax module called as ``model(x, train=..., mask=...)``.
+    augment: on-device augmentation of each training batch (``augment.KINDS``),
+      drawn from the step key.
+  """
+  if augment not in augment_lib.KINDS:
+    raise ValueError(f"augment must be one of {augment_lib.KINDS}, got {augment!r}")
 
   def loss_fn(params, batch, rng):
     x = preprocess(batch["image"])
+    if augment != "none":
+      rng, aug_rng = jax.random.split(rng)
+      x = augment_lib.augment(augment, aug_rng, x)
     mutable = [k for k in params if k != "params"]
     logits, new_vars = model.apply(
         params, x, train=True, mask=batch["mask"], mutable=mutable, rngs={"dropout": rng}

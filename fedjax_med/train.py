@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from fedjax_med import algorithms, batching, checkpoint, config as config_lib, data, metrics
-from fedjax_med import models, partition, tasks, types
+from fedjax_med import models, partition, sharding, tasks, types
 from fedjax_med.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   )
   part = make_partition(config, ds.train.labels)
   model = models.get_model(config.model.name, ds.num_classes, conv_impl=config.model.conv_impl)
-  loss_fn = tasks.make_loss_fn(model)
+  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
   alg = make_algorithm(config, loss_fn)
   fl = config.fl
 
@@ -177,19 +177,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
     log.info("resumed from %s at round %d", ckpt.directory, int(state.round))
   start = int(state.round)
   writer.truncate_after(start)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
+  padded_clients = sharding.pad_multiple(fl.clients_per_round, mesh, fl.client_chunk_size or None)
 
   make_batch = functools.partial(
-      _round_batch, config=config, images=ds.train.images, labels=ds.train.labels, part=part
+      _round_batch,
+      config=config,
+      images=ds.train.images,
+      labels=ds.train.labels,
+      part=part,
+      pad_clients_to=padded_clients,
   )
   prefetcher = batching.Prefetcher(make_batch, stop=fl.rounds)
-  round_fn = jax.jit(alg.round, donate_argnums=0)
+  round_fn = sharding.jit_round(alg.round, mesh)
   eval_fn = _make_eval_fn(model)
   progress = _Progress(config.log.progress, fl.rounds, start)
   first_round_s = None
   try:
     for r in range(start, fl.rounds):
       host_batch = prefetcher.get(r)
-      batch = jax.device_put(host_batch)
+      batch = sharding.shard_clients(host_batch, mesh)
       with jax.transfer_guard_host_to_device("disallow"):
         state, round_metrics = round_fn(state, batch)
       m = jax.device_get(round_metrics)
@@ -253,7 +261,7 @@ def _mean_loss(m: types.RoundMetrics) -> float:
   return float(np.asarray(m.client_loss).sum() / steps.sum())
 
 
-def _round_batch(round_idx, *, config, images, labels, part) -> types.ClientBatch:
+def _round_batch(round_idx, *, config, images, labels, part, pad_clients_to) -> types.ClientBatch:
   fl = config.fl
   client_ids = batching.sample_clients(fl.num_clients, fl.clients_per_round, config.seed, round_idx)
   return batching.make_client_batch(
@@ -265,6 +273,7 @@ def _round_batch(round_idx, *, config, images, labels, part) -> types.ClientBatc
       batch_size=fl.batch_size,
       seed=config.seed,
       round_idx=round_idx,
+      pad_clients_to=pad_clients_to,
   )
 
 

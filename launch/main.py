@@ -25,17 +25,30 @@ def _fail(message: str, code: int) -> None:
   sys.exit(code)
 
 
+def _describe(e: BaseException) -> str:
+  """Unwraps ml_collections' KeyError-in-AttributeError for a mistyped --config key."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  return f"unknown config key {text}" if isinstance(e, KeyError) else text
+
+
 def parse_flags(argv):
   try:
     return FLAGS(argv)
   except (flags.Error, KeyError, ValueError, AttributeError, TypeError) as e:
-    _fail(f"{e}\nUsage: python launch/main.py --config=configs/quickstart.py --workdir=DIR "
+    _fail(f"{_describe(e)}\nUsage: python launch/main.py --config=configs/quickstart.py --workdir=DIR "
           "[--config.KEY=VALUE ...]", 2)
 
 
 def main(argv):
   del argv
-  if FLAGS.config is None or FLAGS.workdir is None:
+  try:
+    config = FLAGS.config
+    config.to_dict()  # config_flags defers a bad --config path to first access
+  except OSError as e:
+    _fail(f"cannot load --config: {e}", 2)
+  if config is None or FLAGS.workdir is None:
     _fail("both --config=configs/<name>.py and --workdir=<dir> are required", 2)
   from fedjax_med import errors, train  # after flag parsing: keep --help fast
 
@@ -43,7 +56,7 @@ def main(argv):
   for noisy in ("absl", "jax", "orbax", "orbax.checkpoint", "etils"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir)
   except errors.UserError as e:
     _fail(str(e), 2)
   except errors.NonFiniteLossError as e:

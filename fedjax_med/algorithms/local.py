@@ -164,7 +164,12 @@ def map_clients(
     chunks = (data, weight, keys)
     if pad:
       chunks = _pad_clients(chunks, pad)
-    chunks = jax.tree.map(lambda x: x.reshape((num_chunks, chunk_size) + x.shape[1:]), chunks)
+    # Chunk i holds clients {i, i + num_chunks, i + 2 * num_chunks, ...}: reshaping
+    # to [chunk, num_chunks] keeps a client axis sharded in contiguous blocks
+    # local to each device (no resharding), and moveaxis is a local transpose.
+    chunks = jax.tree.map(
+        lambda x: jnp.moveaxis(x.reshape((chunk_size, num_chunks) + x.shape[1:]), 1, 0), chunks
+    )
 
     def body(acc, chunk):
       delta_sum, loss, steps, norms = run_chunk(chunk)
@@ -173,6 +178,9 @@ def map_clients(
     zeros = jax.tree.map(jnp.zeros_like, server_params)
     delta_sum, per_client = jax.lax.scan(body, zeros, chunks)
     loss, steps, norms = jax.tree.map(
-        lambda x: x.reshape((num_chunks * chunk_size,) + x.shape[2:])[:num_clients], per_client
+        lambda x: jnp.moveaxis(x, 0, 1).reshape((num_chunks * chunk_size,) + x.shape[2:])[
+            :num_clients
+        ],
+        per_client,
     )
   return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms)

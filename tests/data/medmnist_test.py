@@ -14,24 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import realdata
+
 from fedjax_med import errors
 from fedjax_med.data import medmnist, registry, synthetic
 
 _SMALL = dict(n_train=12, n_val=4, n_test=6)
-
-
-def _real_root(filename: str) -> Path | None:
-  """The folder holding an official file: $MEDMNIST_ROOT or ../shared/data/medmnist."""
-  candidates = []
-  if os.environ.get("MEDMNIST_ROOT"):
-    candidates.append(Path(os.environ["MEDMNIST_ROOT"]).expanduser())
-  candidates.append(
-    (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "medmnist").resolve()
-  )
-  for root in candidates:
-    if (root / filename).is_file():
-      return root
-  return None
 
 
 def _payload(name: str = "pneumoniamnist", size: int = 28, **kwargs) -> bytes:
@@ -301,9 +289,7 @@ def test_registry_filenames_and_urls(name, size):
   ],
 )
 def test_real_file(name, sizes):
-  root = _real_root(f"{name}.npz")
-  if root is None:
-    pytest.skip(f"official {name}.npz not found in $MEDMNIST_ROOT or ../shared/data/medmnist")
+  root = realdata.require(f"{name}.npz")
   ds = medmnist.load(name, root=str(root), download=False, verify_md5=True)
   for split, n in sizes.items():
     s = ds.split(split)

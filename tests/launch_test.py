@@ -1,0 +1,52 @@
+"""The command-line entry point: exit codes and messages (subprocess, as a user runs it)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedjax_med.data import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, env=None):
+  return subprocess.run(
+      [sys.executable, str(REPO / "launch" / "main.py"), *args],
+      capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=600,
+  )
+
+
+def test_typo_in_config_key_exits_2_without_output(tmp_path):
+  res = run("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+            "--config.fl.clent_lr=0.1")
+  assert res.returncode == 2, res.stderr
+  assert "client_lr" in res.stderr and "Traceback" not in res.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_exits_2_with_one_message(tmp_path):
+  res = run("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+            f"--config.data.root={tmp_path / 'nothing'}", "--config.data.download=False")
+  assert res.returncode == 2
+  assert "pneumoniamnist.npz" in res.stderr and "zenodo" in res.stderr
+  assert "Traceback" not in res.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_main_command_runs_end_to_end_with_overrides(tmp_path):
+  synthetic.write_npz(tmp_path / "data" / "breastmnist.npz", name="breastmnist", n_train=120,
+                      n_val=30, n_test=30)
+  res = run("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
+            f"--config.data.root={tmp_path / 'data'}", "--config.data.name=breastmnist",
+            "--config.data.verify_md5=False", "--config.model.name=cnn_tiny",
+            "--config.fl.rounds=2", "--config.fl.local_steps=2", "--config.fl.num_clients=3",
+            "--config.fl.clients_per_round=3", "--config.partition.min_size=2")
+  assert res.returncode == 0, res.stderr
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["rounds_completed"] == 2 and summary["dataset"] == "breastmnist"
+  config = json.loads((tmp_path / "run" / "config.json").read_text())
+  assert config["fl"]["rounds"] == 2 and config["model"]["name"] == "cnn_tiny"
