@@ -47,8 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.fl.server_opt = "sgd"  # sgd (momentum via server_momentum) | adam | yogi | adagrad
   c.fl.server_lr = 1.0
   c.fl.server_momentum = 0.0
-  c.fl.client_chunk_size = 0  # clients vectorized together; 0 = all at once
-  c.fl.local_unroll = 1  # lax.scan unroll of local steps
+  # Execution engine (fedjax_med/engine.py): 0 = chosen per backend, logged.
+  c.fl.client_chunk_size = 0  # clients vectorized together (>= clients_per_round: all)
+  c.fl.local_unroll = 0  # lax.scan unroll of local steps
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 5  # rounds between val/test evaluations (and always at the end)

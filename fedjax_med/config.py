@@ -73,9 +73,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.fl.server_opt in SERVER_OPTIMIZERS, "fl.server_opt", config.fl.server_opt,
          f"choose one of {SERVER_OPTIMIZERS}")
   _check(config.fl.client_chunk_size >= 0, "fl.client_chunk_size", config.fl.client_chunk_size,
-         "must be >= 0 (0 = all sampled clients at once)")
-  _check(config.fl.local_unroll >= 1, "fl.local_unroll", config.fl.local_unroll,
-         "must be >= 1 (1 = lax.scan without unrolling)")
+         "must be >= 0 (0 = automatic per backend)")
+  _check(config.fl.local_unroll >= 0, "fl.local_unroll", config.fl.local_unroll,
+         "must be >= 0 (0 = automatic, 1 = lax.scan without unrolling)")
   _check(config.partition.kind in partition.KINDS, "partition.kind", config.partition.kind,
          f"choose one of {partition.KINDS}")
   if config.algorithm == "centralized":

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fedjax_med import algorithms, batching, checkpoint, config as config_lib, data, metrics
+from fedjax_med import algorithms, batching, checkpoint, config as config_lib, data, engine, metrics
 from fedjax_med import models, partition, sharding, tasks, types
 from fedjax_med.errors import NonFiniteLossError
 
@@ -48,18 +48,20 @@ def make_server_optimizer(name: str, lr: float, momentum: float):
   return {"adam": optax.adam, "yogi": optax.yogi, "adagrad": optax.adagrad}[name](lr)
 
 
-def make_algorithm(config: ml_collections.ConfigDict, loss_fn) -> types.FederatedAlgorithm:
+def make_algorithm(
+    config: ml_collections.ConfigDict, loss_fn, eng: engine.Engine
+) -> types.FederatedAlgorithm:
   fl = config.fl
   client_tx = make_client_optimizer(fl.client_lr, fl.client_momentum, fl.client_weight_decay)
   if config.algorithm == "centralized":
-    return algorithms.centralized(loss_fn, client_tx, unroll=fl.local_unroll)
+    return algorithms.centralized(loss_fn, client_tx, unroll=eng.local_unroll)
   server_tx = make_server_optimizer(fl.server_opt, fl.server_lr, fl.server_momentum)
   return algorithms.fedavg(
       loss_fn,
       client_tx,
       server_tx,
-      client_chunk_size=fl.client_chunk_size or None,
-      local_unroll=fl.local_unroll,
+      client_chunk_size=eng.client_chunk_size,
+      local_unroll=eng.local_unroll,
   )
 
 
@@ -155,10 +157,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       verify_md5=config.data.verify_md5,
   )
   part = make_partition(config, ds.train.labels)
-  model = models.get_model(config.model.name, ds.num_classes, conv_impl=config.model.conv_impl)
-  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
-  alg = make_algorithm(config, loss_fn)
   fl = config.fl
+  eng = engine.choose(
+      fl.clients_per_round,
+      client_chunk_size=fl.client_chunk_size,
+      conv_impl=config.model.conv_impl,
+      local_unroll=fl.local_unroll,
+  )
+  model = models.get_model(config.model.name, ds.num_classes, conv_impl=eng.conv_impl)
+  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
+  alg = make_algorithm(config, loss_fn, eng)
 
   # Inputs are valid: only now touch the workdir.
   os.makedirs(workdir, exist_ok=True)
@@ -179,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   writer.truncate_after(start)
   mesh = sharding.make_mesh()
   state = sharding.replicate(state, mesh)
-  padded_clients = sharding.pad_multiple(fl.clients_per_round, mesh, fl.client_chunk_size or None)
+  padded_clients = sharding.pad_multiple(fl.clients_per_round, mesh, eng.client_chunk_size)
 
   make_batch = functools.partial(
       _round_batch,
@@ -245,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       "sample_gradients_per_round": fl.clients_per_round * fl.local_steps * fl.batch_size,
       "wall_time_s": time.time() - t_start,
       "time_to_first_round_s": first_round_s,
-      "backend": jax.default_backend(),
+      "engine": eng._asdict(),
       **final,
   }
   metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)

@@ -1,0 +1,73 @@
+"""Automatic choice of how a round executes: client chunk, conv lowering, scan unroll.
+
+The defaults come from measurements (``bench/round_speed.py``; STYLE.md §11):
+on XLA:CPU the arithmetic dominates, vmapped native convolutions are slow and
+vectorizing many clients at once is memory-bound, so small chunks of clients
+with the im2col lowering win; on GPUs a per-client loop is dispatch-bound and
+large vectorized chunks fill the device. Any explicit config value wins over
+the automatic one; the resolved choice is logged and written to ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import jax
+
+from fedjax_med.models import layers
+
+log = logging.getLogger(__name__)
+
+# Clients vectorized together when ``fl.client_chunk_size`` is 0 (auto).
+AUTO_CHUNK = {"cpu": 8, "gpu": 1024, "tpu": 1024}
+
+
+class Engine(NamedTuple):
+  client_chunk_size: int | None  # None = all clients at once
+  conv_impl: str  # "native" | "im2col"
+  local_unroll: int  # lax.scan unroll of local steps
+  backend: str
+  num_devices: int
+
+
+def choose(
+    clients_per_round: int,
+    *,
+    client_chunk_size: int = 0,
+    conv_impl: str = "auto",
+    local_unroll: int = 0,
+    backend: str | None = None,
+    num_devices: int | None = None,
+) -> Engine:
+  """Resolves 0 / ``"auto"`` settings for this backend.
+
+  Args:
+    clients_per_round: clients in one round (before padding).
+    client_chunk_size: 0 = auto; n >= 1 = n clients vectorized together per
+      device group (n >= clients means all at once).
+    conv_impl: ``"auto"``, ``"native"`` or ``"im2col"``.
+    local_unroll: 0 = auto (1: a rolled ``lax.scan``); n >= 1 explicit.
+    backend: default ``jax.default_backend()``.
+    num_devices: default ``jax.device_count()``.
+  """
+  backend = backend or jax.default_backend()
+  num_devices = num_devices or jax.device_count()
+  if client_chunk_size == 0:
+    # Chunk is per round; with D devices each device vectorizes chunk / D clients.
+    client_chunk_size = AUTO_CHUNK.get(backend, AUTO_CHUNK["cpu"]) * num_devices
+    # Balance the chunks so padding stays small: 10 clients at most 8 a chunk
+    # run as 2 chunks of 5, not 8 + 8 with 6 padding clients.
+    num_chunks = -(-clients_per_round // client_chunk_size)
+    client_chunk_size = -(-clients_per_round // num_chunks)
+    client_chunk_size = -(-client_chunk_size // num_devices) * num_devices
+  chunk = None if client_chunk_size >= clients_per_round else client_chunk_size
+  if conv_impl == "auto":
+    conv_impl = "im2col" if backend == "cpu" else "native"
+  layers.resolve_impl(conv_impl)  # validates
+  engine = Engine(chunk, conv_impl, local_unroll or 1, backend, num_devices)
+  log.info(
+      "engine: backend=%s devices=%d client_chunk=%s conv=%s unroll=%d",
+      backend, num_devices, "all" if chunk is None else chunk, conv_impl, engine.local_unroll,
+  )
+  return engine
