@@ -20,13 +20,24 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from fedjax_med import algorithms, batching, checkpoint, config as config_lib, data, engine, metrics
-from fedjax_med import models, partition, sharding, tasks, types
+from fedjax_med import (
+  algorithms,
+  batching,
+  checkpoint,
+  data,
+  engine,
+  metrics,
+  models,
+  partition,
+  sharding,
+  tasks,
+  types,
+)
+from fedjax_med import config as config_lib
 from fedjax_med.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -38,7 +49,9 @@ def make_client_optimizer(lr: float, momentum: float, weight_decay: float):
   if not weight_decay:
     return sgd
   # Weight decay on trainable parameters only, never on BatchNorm statistics.
-  mask = lambda tree: {k: jax.tree.map(lambda _: k == "params", v) for k, v in tree.items()}  # noqa: E731
+  def mask(tree):
+    return {k: jax.tree.map(lambda _, is_params=(k == "params"): is_params, v) for k, v in tree.items()}
+
   return optax.chain(optax.masked(optax.add_decayed_weights(weight_decay), mask), sgd)
 
 

@@ -40,7 +40,7 @@ def _real_sequence(batch, c):
 
 
 def _assert_batches_equal(a, b):
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     np.testing.assert_array_equal(x, y)
 
 

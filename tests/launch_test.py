@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from fedjax_med.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,6 @@ from fedjax_med import train
 from tests import realdata
 
 
-
-
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_quickstart_reaches_target_accuracy(tmp_path):

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import types
-from fedjax_med.algorithms import aggregate, fedavg as fedavg_lib, local
+from fedjax_med.algorithms import aggregate, local
+from fedjax_med.algorithms import fedavg as fedavg_lib
 
 
 def centralized(

@@ -67,7 +67,7 @@ def reference_round(loss_fn, params, clients, server_update):
     deltas.append(jax.tree.map(lambda a, b: a - b, params, p))
     weights.append(float(clients.weight[c]))
   total = sum(weights)
-  pseudo = jax.tree.map(lambda *ds: sum(w * d for w, d in zip(weights, ds)) / total, *deltas)
+  pseudo = jax.tree.map(lambda *ds: sum(w * d for w, d in zip(weights, ds, strict=True)) / total, *deltas)
   return server_update(params, pseudo)
 
 

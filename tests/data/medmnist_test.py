@@ -9,15 +9,13 @@ import os
 import re
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests import realdata
-
 from fedjax_med import errors
 from fedjax_med.data import medmnist, registry, synthetic
+from tests import realdata
 
 _SMALL = dict(n_train=12, n_val=4, n_test=6)
 

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedjax_med import errors
-from fedjax_med import partition
+from fedjax_med import errors, partition
 
 NUM_CLASSES = 10
 # 10 classes x 100 examples, interleaved so that label order != index order.
