@@ -235,7 +235,7 @@ class Setup:
     params = self.params
     opt_state = tx.init(params)
     t = time.perf_counter()
-    jax.block_until_ready(step.lower(params, opt_state, batches[0], keys[0]).compile())
+    step = step.lower(params, opt_state, batches[0], keys[0]).compile()
     compile_s = time.perf_counter() - t
 
     def run():
@@ -251,26 +251,46 @@ class Setup:
 
 
 def tune_chunk(setup: Setup, k: int, steps: int, batch: int, candidates, repeats: int):
-  """Times the one-jit round at K=k for each chunk candidate (interleaved); returns rows."""
+  """Times the one-jit round at K=k per chunk candidate, interleaved, best of ``repeats``.
+
+  A candidate >= k runs all clients at once here but keeps its value, so a
+  larger K later still runs in chunks of that size.
+
+  Returns:
+    ``(rows, best_row, compiled round of the best)``.
+  """
   host = make_round_batch(k, steps, batch)
   dev = jax.device_put(host)
   state = setup.state()
-  fns, rows = {}, []
+  fns, rows, seen = {}, [], set()
   for chunk in candidates:
-    if chunk is not None and chunk >= k:
+    eff = None if chunk is None or chunk >= k else chunk
+    if eff in seen:
       continue
-    compiled, compile_s = setup.compile_round(chunk, state, dev)
-    jax.block_until_ready(compiled(state, dev))  # warm-up
+    seen.add(eff)
+    try:
+      compiled, compile_s = setup.compile_round(eff, state, dev)
+    except Exception as e:  # e.g. out of memory on an accelerator
+      _log(f"  chunk {_chunk_name(chunk)}: failed to compile: {_short(e)}")
+      continue
     fns[chunk] = compiled
     rows.append({"chunk": chunk, "compile_s": compile_s, "times": []})
   for r in range(repeats):
-    order = rows[r % len(rows):] + rows[: r % len(rows)]
-    for row in order:
-      row["times"].append(_timed(lambda: fns[row["chunk"]](state, dev)))
+    for row in rows[r % len(rows):] + rows[: r % len(rows)]:
+      try:
+        row["times"].append(_timed(lambda: fns[row["chunk"]](state, dev)))
+      except Exception as e:
+        row["error"] = _short(e)
+  rows = [row for row in rows if row["times"] and "error" not in row]
   for row in rows:
     row["round_s"] = min(row["times"])
   best = min(rows, key=lambda row: row["round_s"])
   return rows, best, fns[best["chunk"]]
+
+
+def _short(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
 def measure(setup: Setup, k: int, steps: int, batch: int, chunk, repeats: int,
@@ -306,7 +326,7 @@ def measure(setup: Setup, k: int, steps: int, batch: int, chunk, repeats: int,
     jax.block_until_ready(central_run())
     variants["central"] = central_run
   except Exception as e:  # e.g. out of memory at batch K*B on an accelerator
-    res["central_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    res["central_error"] = _short(e)
 
   times = {name: [] for name in variants}
   names = list(variants)

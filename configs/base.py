@@ -11,8 +11,10 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # "fedavg" (server optimizer on the averaged delta) or "centralized".
-  c.algorithm = "fedavg"
+  c.algorithm = ml_collections.ConfigDict()
+  # "fedavg" (FedAvg / FedAvgM / FedAdam... through fl.server_opt) or
+  # "centralized" (pooled data, one model; needs fl.num_clients=1).
+  c.algorithm.name = "fedavg"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "pneumoniamnist"  # any MedMNIST 2D flag except chestmnist

@@ -13,7 +13,7 @@ from configs import quickstart
 
 def get_config():
   c = quickstart.get_config()
-  c.algorithm = "centralized"
+  c.algorithm.name = "centralized"
   c.partition.kind = "iid"
   c.partition.min_size = 1
   c.fl.local_steps = c.fl.clients_per_round * c.fl.local_steps

@@ -45,7 +45,7 @@ def _get(config, key: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` naming the first invalid key and how to fix it."""
-  _check(config.algorithm in ALGORITHMS, "algorithm", config.algorithm,
+  _check(config.algorithm.name in ALGORITHMS, "algorithm.name", config.algorithm.name,
          f"choose one of {ALGORITHMS}")
   _check(config.data.name in registry.DATASETS, "data.name", config.data.name,
          f"choose one of {sorted(registry.DATASETS)}")
@@ -78,6 +78,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be >= 0 (0 = automatic, 1 = lax.scan without unrolling)")
   _check(config.partition.kind in partition.KINDS, "partition.kind", config.partition.kind,
          f"choose one of {partition.KINDS}")
-  if config.algorithm == "centralized":
+  if config.algorithm.name == "centralized":
     _check(config.fl.num_clients == 1, "fl.num_clients", config.fl.num_clients,
            "centralized training pools the data: set --config.fl.num_clients=1")

@@ -66,7 +66,7 @@ def make_algorithm(
 ) -> types.FederatedAlgorithm:
   fl = config.fl
   client_tx = make_client_optimizer(fl.client_lr, fl.client_momentum, fl.client_weight_decay)
-  if config.algorithm == "centralized":
+  if config.algorithm.name == "centralized":
     return algorithms.centralized(loss_fn, client_tx, unroll=eng.local_unroll)
   server_tx = make_server_optimizer(fl.server_opt, fl.server_lr, fl.server_momentum)
   return algorithms.fedavg(
@@ -258,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
   summary = {
       "rounds_completed": int(state.round),
-      "algorithm": config.algorithm,
+      "algorithm": config.algorithm.name,
       "dataset": config.data.name,
       "model": config.model.name,
       "num_clients": fl.num_clients,

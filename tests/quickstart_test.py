@@ -38,4 +38,4 @@ def test_centralized_counterpart_spends_the_same_sample_gradients():
   assert per_round(fed) == per_round(central)
   assert fed.fl.rounds == central.fl.rounds and fed.model.name == central.model.name
   assert fed.data.augment == central.data.augment
-  assert central.algorithm == "centralized" and central.fl.num_clients == 1
+  assert central.algorithm.name == "centralized" and central.fl.num_clients == 1

@@ -76,7 +76,7 @@ class Killed(Exception):
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "centralized"])
 def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch, algorithm):
-  overrides = {"algorithm": algorithm}
+  overrides = {"algorithm.name": algorithm}
   if algorithm == "centralized":
     overrides.update({"fl.num_clients": 1, "fl.clients_per_round": 1, "partition.kind": "iid"})
   config = small_config(data_root, **overrides)
