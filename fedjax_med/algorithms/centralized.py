@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import types
-from fedjax_med.algorithms import aggregate, local
-from fedjax_med.algorithms import fedavg as fedavg_lib
+from fedjax_med.algorithms import aggregate, base, local
 
 
 def centralized(
@@ -37,7 +36,7 @@ def centralized(
     ``update_norm`` [C] is the norm of the whole round's change (same for all C).
   """
   def init_fn(params, rng):
-    return fedavg_lib.init_server_state(params, optimizer, rng)
+    return base.init_server_state(params, optimizer, rng)
 
   def round_fn(state: types.ServerState, clients: types.ClientBatch):
     num_clients, num_steps = clients.mask.shape[:2]

@@ -1,9 +1,14 @@
 """The local-update primitive and the client map, shared by every algorithm.
 
 ``local_train`` runs S optimizer steps on one client (``lax.scan``); ``map_clients``
-vmaps it over clients, optionally in chunks (``lax.map`` over chunks of the
+vmaps it over clients, optionally in chunks (``lax.scan`` over chunks of the
 client axis, so peak memory follows the chunk, not the number of clients), and
-returns the weighted sum of client deltas plus small per-client metrics.
+returns the weighted sum of client deltas, small per-client metrics, and any
+per-client outputs an algorithm needs (e.g. SCAFFOLD's new control variates).
+
+Algorithms customise local training through two hooks: the ``loss_fn`` they
+pass (FedProx adds a proximal term) and a ``grad_fn`` (SCAFFOLD/FedDyn add a
+gradient correction, FedSAM evaluates the gradient at a perturbed point).
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from fedjax_med import types
 from fedjax_med.algorithms import aggregate
 
 VARIABLES_KEY = "variables"
+
+
+# grad_fn(params, batch, rng) -> ((loss, aux), grads), as jax.value_and_grad(loss_fn, has_aux=True).
+GradFn = Callable[[types.Params, dict, types.PRNGKey], tuple[tuple[types.Array, dict], types.Params]]
 
 
 class LocalResult(NamedTuple):
@@ -43,16 +52,22 @@ def run_steps(
     keys: types.Array,
     *,
     unroll: int | bool = 1,
+    grad_fn: GradFn | None = None,
 ):
   """``lax.scan`` of optimizer steps over the leading axis of ``data``.
 
   A step whose mask is all False leaves params and optimizer state unchanged
   (the padding trick of fedjax's ``'__mask__'``).
 
+  Args:
+    grad_fn: replaces ``jax.value_and_grad(loss_fn, has_aux=True)`` (then
+      ``loss_fn`` is unused and may be None).
+
   Returns:
     ``(params, opt_state, losses [S], has_data [S] bool)``.
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_fn is None:
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step(carry, xs):
     p, o = carry
@@ -78,6 +93,7 @@ def local_train(
     rng: types.PRNGKey,
     *,
     unroll: int | bool = 1,
+    grad_fn: GradFn | None = None,
 ) -> LocalResult:
   """Runs ``S`` steps of ``optimizer`` from ``params`` on one client's data.
 
@@ -91,13 +107,15 @@ def local_train(
     data: dict with ``image`` [S, B, ...], ``label`` [S, B], ``mask`` [S, B].
     rng: this client's key; step ``s`` gets ``split(rng, S)[s]``.
     unroll: ``lax.scan`` unroll factor (``True`` = fully unrolled).
+    grad_fn: optional gradient override (see ``run_steps``).
 
   Returns:
     A :class:`LocalResult`.
   """
   keys = jax.random.split(rng, data["mask"].shape[0])
   params, _, losses, has_data = run_steps(
-      loss_fn, optimizer, params, optimizer.init(params), data, keys, unroll=unroll
+      loss_fn, optimizer, params, optimizer.init(params), data, keys, unroll=unroll,
+      grad_fn=grad_fn,
   )
   return LocalResult(params, losses, jnp.sum(has_data.astype(jnp.int32)))
 
@@ -108,6 +126,7 @@ class ClientsResult(NamedTuple):
   loss: types.Array  # [C, S]
   steps: types.Array  # [C] int32
   update_norm: types.Array  # [C] ||server_params - client_params_c||
+  extra: types.PyTree = None  # per-client outputs of client_fn, stacked [C, ...]
 
 
 def client_data(clients: types.ClientBatch) -> dict:
@@ -120,7 +139,7 @@ def _pad_clients(tree, pad: int):
 
 
 def map_clients(
-    client_fn: Callable[[types.Params, dict, types.PRNGKey], LocalResult],
+    client_fn: Callable[..., LocalResult | tuple[LocalResult, types.PyTree]],
     server_params: types.Params,
     data: dict,
     weight: types.Array,
@@ -131,9 +150,12 @@ def map_clients(
   """Runs ``client_fn`` on every client and sums the weighted deltas.
 
   Args:
-    client_fn: ``(params, data_c, key_c) -> LocalResult`` for one client.
+    client_fn: ``(params, data_c, key_c) -> LocalResult`` for one client, or
+      ``-> (LocalResult, extra_c)`` where ``extra_c`` is any per-client pytree
+      (returned stacked as ``ClientsResult.extra``).
     server_params: the starting point of every client.
-    data: per-client data, leaves [C, S, B, ...].
+    data: per-client inputs, any pytree with leading axis C (usually the
+      ``client_data`` dict, leaves [C, S, B, ...], possibly with client state).
     weight: [C] aggregation weights (0 = padding client).
     keys: [C] client keys.
     chunk_size: clients vectorized together. ``None`` (or >= C) vmaps all
@@ -147,17 +169,16 @@ def map_clients(
 
   def run_chunk(chunk):
     d, w, k = chunk
-    res = jax.vmap(client_fn, in_axes=(None, 0, 0))(server_params, d, k)
+    out = jax.vmap(client_fn, in_axes=(None, 0, 0))(server_params, d, k)
+    res, extra = out if isinstance(out, tuple) and not isinstance(out, LocalResult) else (out, None)
     delta = jax.tree.map(lambda s, c: s[None] - c, server_params, res.params)
     return (
         aggregate.weighted_sum(delta, w),
-        res.loss,
-        res.steps,
-        aggregate.stacked_norm(delta),
+        (res.loss, res.steps, aggregate.stacked_norm(delta), extra),
     )
 
   if chunk_size is None or chunk_size >= num_clients:
-    delta_sum, loss, steps, norms = run_chunk((data, weight, keys))
+    delta_sum, (loss, steps, norms, extra) = run_chunk((data, weight, keys))
   else:
     num_chunks = -(-num_clients // chunk_size)
     pad = num_chunks * chunk_size - num_clients
@@ -172,15 +193,15 @@ def map_clients(
     )
 
     def body(acc, chunk):
-      delta_sum, loss, steps, norms = run_chunk(chunk)
-      return jax.tree.map(jnp.add, acc, delta_sum), (loss, steps, norms)
+      delta_sum, per_client = run_chunk(chunk)
+      return jax.tree.map(jnp.add, acc, delta_sum), per_client
 
     zeros = jax.tree.map(jnp.zeros_like, server_params)
     delta_sum, per_client = jax.lax.scan(body, zeros, chunks)
-    loss, steps, norms = jax.tree.map(
+    loss, steps, norms, extra = jax.tree.map(
         lambda x: jnp.moveaxis(x, 0, 1).reshape((num_chunks * chunk_size,) + x.shape[2:])[
             :num_clients
         ],
         per_client,
     )
-  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms)
+  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms, extra)

@@ -1,0 +1,90 @@
+"""Pieces every federated algorithm shares: server state init, round keys,
+the averaging round skeleton, the server update and the round metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_med import types
+from fedjax_med.algorithms import aggregate, local
+
+
+def init_server_state(params, optimizer: optax.GradientTransformation, rng) -> types.ServerState:
+  """A float32 server state with optimizer state, round 0 and a raw uint32 key."""
+  params = aggregate.cast_floats(params)
+  return types.ServerState(
+      params=params,
+      opt_state=aggregate.cast_floats(optimizer.init(params)),
+      round=jnp.zeros((), jnp.int32),
+      rng=raw_key(rng),
+  )
+
+
+def raw_key(rng) -> types.Array:
+  """A uint32 [2] key from a raw or typed JAX key (checkpointable as plain data)."""
+  rng = jnp.asarray(rng)
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  return rng.astype(jnp.uint32)
+
+
+def round_keys(state, num_clients: int) -> types.Array:
+  """[C] client keys: ``split(fold_in(state.rng, state.round), C)``."""
+  return jax.random.split(jax.random.fold_in(state.rng, state.round), num_clients)
+
+
+def mean_delta(res: local.ClientsResult) -> types.PyTree:
+  """The weighted mean of client deltas (the pseudo-gradient)."""
+  total = jnp.maximum(res.weight_sum, 1e-12)
+  return jax.tree.map(lambda d: d / total.astype(d.dtype), res.delta_sum)
+
+
+def server_update(optimizer, params, opt_state, pseudo_grad):
+  """``optimizer.update`` on the pseudo-gradient, then ``optax.apply_updates``."""
+  updates, opt_state = optimizer.update(pseudo_grad, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def round_metrics(res: local.ClientsResult, pseudo_grad) -> types.RoundMetrics:
+  return types.RoundMetrics(
+      client_loss=res.loss,
+      client_steps=res.steps,
+      update_norm=res.update_norm,
+      pseudo_grad_norm=aggregate.tree_norm(pseudo_grad),
+  )
+
+
+def averaging_algorithm(
+    client_fn: Callable[[types.Params, dict, types.PRNGKey], local.LocalResult],
+    server_optimizer: optax.GradientTransformation,
+    *,
+    client_chunk_size: int | None = None,
+) -> types.FederatedAlgorithm:
+  """FedAvg's round around any stateless ``client_fn(server_params, data_c, key_c)``.
+
+  FedAvg, FedProx and FedSAM differ only in their ``client_fn``.
+  """
+
+  def init_fn(params: types.Params, rng: types.PRNGKey) -> types.ServerState:
+    return init_server_state(params, server_optimizer, rng)
+
+  def round_fn(state: types.ServerState, clients: types.ClientBatch):
+    keys = round_keys(state, clients.weight.shape[0])
+    res = local.map_clients(
+        client_fn,
+        state.params,
+        local.client_data(clients),
+        clients.weight,
+        keys,
+        chunk_size=client_chunk_size,
+    )
+    pseudo_grad = mean_delta(res)
+    params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
+    new_state = types.ServerState(params, opt_state, state.round + 1, state.rng)
+    return new_state, round_metrics(res, pseudo_grad)
+
+  return types.FederatedAlgorithm(init_fn, round_fn)
