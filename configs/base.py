@@ -14,7 +14,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.algorithm = ml_collections.ConfigDict()
   # "fedavg" (FedAvg / FedAvgM / FedAdam... through fl.server_opt) or
   # "centralized" (pooled data, one model; needs fl.num_clients=1).
-  c.algorithm.name = "fedavg"
+  c.algorithm.name = "fedavg"  # see fedjax_med/builders.py: ALGORITHMS
+  c.algorithm.mu = 0.01  # fedprox: proximal strength
+  c.algorithm.rho = 0.05  # fedsam / fedasam: SAM radius (ASAM: ~0.5)
+  c.algorithm.asam_eta = 0.01  # fedasam: T = |w| + eta
+  c.algorithm.feddyn_alpha = 0.01  # feddyn: regularization
+  c.algorithm.server_eps = 1e-3  # fedadam / fedyogi / fedadagrad: tau of Reddi et al.
+  c.algorithm.swa = False  # server SWA (any algorithm) with a cyclical server lr
+  c.algorithm.swa_fraction = 0.25  # average over the last quarter of the rounds
+  c.algorithm.swa_period = 1  # rounds per lr cycle / between averaged models
+  c.algorithm.swa_lr_ratio = 0.1  # server lr at the end of a cycle, relative to fl.server_lr
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "pneumoniamnist"  # any MedMNIST 2D flag except chestmnist
@@ -36,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "cnn"  # see fedjax_med.models.names()
   c.model.conv_impl = "auto"  # auto | native | im2col
+  # "" = the model's default; batch | group | layer | none for models that take
+  # it (resnet8/14/18/20/50, resnet_tiny; default group), see models.takes_norm.
+  c.model.norm = ""
 
   c.fl = ml_collections.ConfigDict()
   c.fl.rounds = 30

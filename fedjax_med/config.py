@@ -10,13 +10,12 @@ import math
 
 import ml_collections
 
-from fedjax_med import augment, partition
+from fedjax_med import augment, builders, partition
 from fedjax_med.data import registry
 from fedjax_med.errors import ConfigError
 from fedjax_med.models import layers
 from fedjax_med.models import registry as model_registry
 
-ALGORITHMS = ("fedavg", "centralized")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 
 
@@ -45,8 +44,8 @@ def _get(config, key: str):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` naming the first invalid key and how to fix it."""
-  _check(config.algorithm.name in ALGORITHMS, "algorithm.name", config.algorithm.name,
-         f"choose one of {ALGORITHMS}")
+  _check(config.algorithm.name in builders.ALGORITHMS, "algorithm.name", config.algorithm.name,
+         f"choose one of {builders.ALGORITHMS}")
   _check(config.data.name in registry.DATASETS, "data.name", config.data.name,
          f"choose one of {sorted(registry.DATASETS)}")
   _check(config.data.size in registry.SIZES, "data.size", config.data.size,
@@ -57,6 +56,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"choose one of {model_registry.names()}")
   _check(config.model.conv_impl in layers.IMPLS, "model.conv_impl", config.model.conv_impl,
          f"choose one of {layers.IMPLS}")
+  model_registry.check_norm(config.model.name, config.model.norm)
   for key in ("fl.rounds", "fl.num_clients", "fl.clients_per_round", "fl.local_steps",
               "fl.batch_size", "eval.every", "eval.batch_size", "ckpt.every", "ckpt.keep"):
     _positive_int(config, key)
@@ -78,6 +78,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be >= 0 (0 = automatic, 1 = lax.scan without unrolling)")
   _check(config.partition.kind in partition.KINDS, "partition.kind", config.partition.kind,
          f"choose one of {partition.KINDS}")
+  a = config.algorithm
+  for key in ("mu", "rho", "asam_eta", "server_eps", "swa_fraction", "swa_lr_ratio"):
+    value = a[key]
+    _check(math.isfinite(value) and value >= 0, f"algorithm.{key}", value, "must be >= 0")
+  _check(a.feddyn_alpha > 0, "algorithm.feddyn_alpha", a.feddyn_alpha, "must be > 0")
+  _check(0 < a.swa_fraction <= 1 or not a.swa, "algorithm.swa_fraction", a.swa_fraction,
+         "must be in (0, 1] when algorithm.swa is on")
+  _check(a.swa_period >= 1, "algorithm.swa_period", a.swa_period, "must be >= 1")
   if config.algorithm.name == "centralized":
     _check(config.fl.num_clients == 1, "fl.num_clients", config.fl.num_clients,
            "centralized training pools the data: set --config.fl.num_clients=1")

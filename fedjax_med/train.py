@@ -22,11 +22,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from fedjax_med import (
-  algorithms,
   batching,
+  builders,
   checkpoint,
   data,
   engine,
@@ -41,41 +40,6 @@ from fedjax_med import config as config_lib
 from fedjax_med.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
-
-
-def make_client_optimizer(lr: float, momentum: float, weight_decay: float):
-  """SGD (with optional momentum) plus decoupled-from-loss L2 on ``params`` only."""
-  sgd = optax.sgd(lr, momentum=momentum or None)
-  if not weight_decay:
-    return sgd
-  # Weight decay on trainable parameters only, never on BatchNorm statistics.
-  def mask(tree):
-    return {k: jax.tree.map(lambda _, is_params=(k == "params"): is_params, v) for k, v in tree.items()}
-
-  return optax.chain(optax.masked(optax.add_decayed_weights(weight_decay), mask), sgd)
-
-
-def make_server_optimizer(name: str, lr: float, momentum: float):
-  if name == "sgd":
-    return optax.sgd(lr, momentum=momentum or None)
-  return {"adam": optax.adam, "yogi": optax.yogi, "adagrad": optax.adagrad}[name](lr)
-
-
-def make_algorithm(
-    config: ml_collections.ConfigDict, loss_fn, eng: engine.Engine
-) -> types.FederatedAlgorithm:
-  fl = config.fl
-  client_tx = make_client_optimizer(fl.client_lr, fl.client_momentum, fl.client_weight_decay)
-  if config.algorithm.name == "centralized":
-    return algorithms.centralized(loss_fn, client_tx, unroll=eng.local_unroll)
-  server_tx = make_server_optimizer(fl.server_opt, fl.server_lr, fl.server_momentum)
-  return algorithms.fedavg(
-      loss_fn,
-      client_tx,
-      server_tx,
-      client_chunk_size=eng.client_chunk_size,
-      local_unroll=eng.local_unroll,
-  )
 
 
 def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> partition.Partition:
@@ -177,9 +141,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       conv_impl=config.model.conv_impl,
       local_unroll=fl.local_unroll,
   )
-  model = models.get_model(config.model.name, ds.num_classes, conv_impl=eng.conv_impl)
+  model = models.get_model(
+      config.model.name, ds.num_classes, conv_impl=eng.conv_impl, norm=config.model.norm
+  )
   loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
-  alg = make_algorithm(config, loss_fn, eng)
+  alg = builders.make_algorithm(config, loss_fn, eng)
 
   # Inputs are valid: only now touch the workdir.
   os.makedirs(workdir, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from fedjax_med import errors, metrics, train
+from fedjax_med import builders, errors, metrics, train
 from fedjax_med.data import synthetic
 
 
@@ -155,3 +155,35 @@ def test_missing_data_offline_is_a_clear_error(tmp_path):
   with pytest.raises(errors.DataError, match="pneumoniamnist.npz"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("name", [n for n in builders.ALGORITHMS if n != "centralized"])
+def test_every_algorithm_runs_from_config(data_root, tmp_path, name):
+  overrides = {"algorithm.name": name, "fl.rounds": 2, "eval.every": 2, "ckpt.every": 2,
+               "fl.server_lr": 0.01 if name in ("fedadam", "fedyogi", "fedadagrad") else 1.0}
+  if name == "fedbn":
+    overrides["model.name"] = "resnet_tiny_bn"
+  state = train.train_and_evaluate(small_config(data_root, **overrides), str(tmp_path))
+  assert int(state.round) == 2
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["algorithm"] == name and np.isfinite(summary["test"]["loss"])
+
+
+def test_swa_wraps_any_algorithm_and_resumes(data_root, tmp_path, monkeypatch):
+  config = small_config(data_root, **{"algorithm.name": "scaffold", "algorithm.swa": True,
+                                      "algorithm.swa_fraction": 0.5})
+  full = train.train_and_evaluate(config, str(tmp_path / "a"))
+  assert int(full.swa_count) == 2  # rounds 3 and 4 of 4
+  real_batch = train._round_batch
+
+  def dying_batch(round_idx, **kw):
+    if round_idx == 3:
+      raise Killed()
+    return real_batch(round_idx, **kw)
+
+  monkeypatch.setattr(train, "_round_batch", dying_batch)
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+  monkeypatch.setattr(train, "_round_batch", real_batch)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
+  chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))

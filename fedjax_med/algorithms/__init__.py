@@ -1,7 +1,16 @@
 """Federated algorithms as ``(init, round)`` pairs of pure functions."""
 
-from fedjax_med.algorithms import aggregate, local
+from fedjax_med.algorithms import aggregate, base, client_store, local
 from fedjax_med.algorithms.centralized import centralized
 from fedjax_med.algorithms.fedavg import fedavg
+from fedjax_med.algorithms.fedbn import fedbn
+from fedjax_med.algorithms.feddyn import feddyn
+from fedjax_med.algorithms.fedprox import fedprox
+from fedjax_med.algorithms.fedsam import fedsam
+from fedjax_med.algorithms.scaffold import scaffold
+from fedjax_med.algorithms.swa import cyclical_lr, swa
 
-__all__ = ["aggregate", "centralized", "fedavg", "local"]
+__all__ = [
+    "aggregate", "base", "centralized", "client_store", "cyclical_lr", "fedavg", "fedbn", "feddyn",
+    "fedprox", "fedsam", "local", "scaffold", "swa",
+]
