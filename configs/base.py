@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.fl.num_clients = 10
   c.fl.clients_per_round = 10
   c.fl.local_steps = 10  # S: optimizer steps per client per round
+  # > 0: E local epochs instead (client c runs ceil(E n_c / B) real steps; S is
+  # set from the largest client and smaller clients' extra steps are padding).
+  c.fl.local_epochs = 0.0
   c.fl.batch_size = 32  # B: examples per local step
   c.fl.client_lr = 0.05
   c.fl.client_momentum = 0.0

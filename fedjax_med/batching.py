@@ -83,6 +83,7 @@ def make_client_batch(
     seed: int,
     round_idx: int,
     pad_clients_to: int | None = None,
+    local_epochs: float | None = None,
 ) -> types.ClientBatch:
   """Stacks the local data of the sampled clients for one round (see module doc).
 
@@ -97,6 +98,9 @@ def make_client_batch(
     round_idx: the round, a non-negative integer.
     pad_clients_to: if given, append zero-weight padding clients up to this many
       (e.g. to a multiple of the device count).
+    local_epochs: if given, client c runs ``min(S, ceil(E * n_c / b_c))`` real
+      steps (E local epochs) and its later steps are padding; choose S with
+      :func:`epoch_steps` so that no client is cut short.
 
   Returns:
     A ClientBatch of numpy arrays: image [C', S, B, H, W, ch] (images' dtype),
@@ -132,7 +136,13 @@ def make_client_batch(
   n = partition.sizes[client_ids]  # [C] examples per client
   start = partition.offsets[client_ids]  # [C] where each client's indices begin
   b = np.minimum(bsz, n)  # [C] real examples per step
-  used = steps * b  # [C] slots filled per client this round
+  if local_epochs is not None:
+    if not local_epochs > 0:
+      raise errors.ConfigError(f"local_epochs must be > 0, got {local_epochs}")
+    client_steps = np.minimum(steps, np.ceil(local_epochs * n / np.maximum(b, 1)).astype(np.int64))
+  else:
+    client_steps = np.full(num_real, steps, np.int64)
+  used = client_steps * b  # [C] slots filled per client this round
 
   # 1) Permutations: client c needs ceil(used / n) epochs, each a permutation of
   #    0..n-1. Element j of client c's run (epoch j // n, item j % n) gets a random
@@ -181,6 +191,13 @@ def make_client_batch(
       weight=weight,
       client_id=client_id,
   )
+
+
+def epoch_steps(sizes: np.ndarray, batch_size: int, local_epochs: float) -> int:
+  """The S at which every client of ``sizes`` completes ``local_epochs`` epochs."""
+  sizes = np.asarray(sizes)
+  b = np.maximum(np.minimum(batch_size, sizes), 1)
+  return int(max(1, np.ceil(local_epochs * sizes / b).max()))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

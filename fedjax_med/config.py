@@ -78,6 +78,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be >= 0 (0 = automatic, 1 = lax.scan without unrolling)")
   _check(config.partition.kind in partition.KINDS, "partition.kind", config.partition.kind,
          f"choose one of {partition.KINDS}")
+  _check(math.isfinite(config.fl.local_epochs) and config.fl.local_epochs >= 0,
+         "fl.local_epochs", config.fl.local_epochs, "must be >= 0 (0 = use fl.local_steps)")
   a = config.algorithm
   for key in ("mu", "rho", "asam_eta", "server_eps", "swa_fraction", "swa_lr_ratio"):
     value = a[key]

@@ -167,6 +167,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   mesh = sharding.make_mesh()
   state = sharding.replicate(state, mesh)
   padded_clients = sharding.pad_multiple(fl.clients_per_round, mesh, eng.client_chunk_size)
+  local_steps = fl.local_steps
+  if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
+    local_steps = batching.epoch_steps(part.sizes, fl.batch_size, fl.local_epochs)
+    log.info("%g local epochs: S = %d steps (largest client)", fl.local_epochs, local_steps)
 
   make_batch = functools.partial(
       _round_batch,
@@ -175,6 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       labels=ds.train.labels,
       part=part,
       pad_clients_to=padded_clients,
+      local_steps=local_steps,
   )
   prefetcher = batching.Prefetcher(make_batch, stop=fl.rounds)
   round_fn = sharding.jit_round(alg.round, mesh)
@@ -229,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       "model": config.model.name,
       "num_clients": fl.num_clients,
       "clients_per_round": fl.clients_per_round,
-      "sample_gradients_per_round": fl.clients_per_round * fl.local_steps * fl.batch_size,
+      "local_steps": local_steps,
+      "sample_gradients_per_round": fl.clients_per_round * local_steps * fl.batch_size,
       "wall_time_s": time.time() - t_start,
       "time_to_first_round_s": first_round_s,
       "engine": eng._asdict(),
@@ -248,7 +254,9 @@ def _mean_loss(m: types.RoundMetrics) -> float:
   return float(np.asarray(m.client_loss).sum() / steps.sum())
 
 
-def _round_batch(round_idx, *, config, images, labels, part, pad_clients_to) -> types.ClientBatch:
+def _round_batch(
+    round_idx, *, config, images, labels, part, pad_clients_to, local_steps
+) -> types.ClientBatch:
   fl = config.fl
   client_ids = batching.sample_clients(fl.num_clients, fl.clients_per_round, config.seed, round_idx)
   return batching.make_client_batch(
@@ -256,11 +264,12 @@ def _round_batch(round_idx, *, config, images, labels, part, pad_clients_to) -> 
       labels,
       part,
       client_ids,
-      local_steps=fl.local_steps,
+      local_steps=local_steps,
       batch_size=fl.batch_size,
       seed=config.seed,
       round_idx=round_idx,
       pad_clients_to=pad_clients_to,
+      local_epochs=fl.local_epochs or None,
   )
 
 

@@ -231,3 +231,21 @@ def test_scale_10k_clients_1k_sampled():
   )
   assert batch.image.shape == (1024, 5, 8, 28, 28, 1)
   np.testing.assert_array_equal(batch.mask.sum((1, 2))[:1000], 5 * np.minimum(8, part.sizes[ids]))
+
+
+def test_local_epochs_give_size_dependent_real_steps():
+  sizes = np.array([3, 10, 25])
+  part = partition_lib.Partition.from_lists(
+      [np.arange(s) + o for s, o in zip(sizes, np.cumsum(sizes) - sizes, strict=True)])
+  n = int(sizes.sum())
+  images = np.arange(n, dtype=np.int32).reshape(n, 1, 1, 1)
+  labels = np.zeros(n, np.int32)
+  steps = batching.epoch_steps(sizes, 4, 1.0)
+  assert steps == 7  # ceil(25 / 4)
+  cb = batching.make_client_batch(images, labels, part, np.arange(3), local_steps=steps,
+                                  batch_size=4, seed=0, round_idx=0, local_epochs=1.0)
+  real_steps = cb.mask.any(axis=2).sum(axis=1)
+  np.testing.assert_array_equal(real_steps, [1, 3, 7])  # ceil(n / min(4, n))
+  for c, size in enumerate(sizes):  # one epoch: every example exactly once... or nearly
+    seen = cb.image[c][cb.mask[c]].ravel()
+    assert set(seen) == set(part.client(c)) and len(seen) >= size

@@ -169,6 +169,15 @@ def test_every_algorithm_runs_from_config(data_root, tmp_path, name):
   assert summary["algorithm"] == name and np.isfinite(summary["test"]["loss"])
 
 
+def test_local_epochs_mode(data_root, tmp_path):
+  config = small_config(data_root, **{"fl.local_epochs": 1.0, "fl.rounds": 2,
+                                      "partition.kind": "quantity"})
+  train.train_and_evaluate(config, str(tmp_path))
+  summary = json.load(open(tmp_path / "summary.json"))
+  sizes = json.load(open(tmp_path / "partition.json"))["sizes"]
+  assert summary["local_steps"] == max(-(-n // min(8, n)) for n in sizes)
+
+
 def test_swa_wraps_any_algorithm_and_resumes(data_root, tmp_path, monkeypatch):
   config = small_config(data_root, **{"algorithm.name": "scaffold", "algorithm.swa": True,
                                       "algorithm.swa_fraction": 0.5})
