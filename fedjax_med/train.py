@@ -55,6 +55,7 @@ def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> par
       quantity_kind=p.quantity_kind,
       quantity_sigma=p.quantity_sigma,
       power_exponent=p.power_exponent,
+      dirichlet_method=p.dirichlet_method,
   )
 
 

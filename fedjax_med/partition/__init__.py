@@ -37,6 +37,7 @@ def make_partition(
     quantity_kind: str = "lognormal",
     quantity_sigma: float = 1.0,
     power_exponent: float = 1.5,
+    dirichlet_method: str = "per_client",
 ) -> Partition:
   """Builds the partition named ``kind``.
 
@@ -56,6 +57,7 @@ def make_partition(
     quantity_kind: ``"lognormal"`` or ``"power_law"``.
     quantity_sigma: log-normal shape.
     power_exponent: power-law exponent.
+    dirichlet_method: ``"per_client"`` (Hsu et al. 2019) or ``"per_class"`` (NIID-Bench).
 
   Returns:
     The partition.
@@ -67,7 +69,7 @@ def make_partition(
   if kind == "iid":
     return iid(num_examples, num_clients, seed)
   if kind == "dirichlet":
-    return dirichlet(labels, num_clients, alpha, seed, min_size=min_size)
+    return dirichlet(labels, num_clients, alpha, seed, min_size=min_size, method=dirichlet_method)
   if kind == "shards":
     return shards(labels, num_clients, shards_per_client, seed)
   if kind == "quantity":

@@ -75,7 +75,7 @@ def test_dirichlet_respects_min_size(alpha, min_size):
 
 def test_dirichlet_impossible_min_size_raises():
   with pytest.raises(errors.ConfigError, match="raise alpha"):
-    partition.dirichlet(LABELS, 50, 0.01, seed=0, min_size=15, max_tries=20)
+    partition.dirichlet(LABELS, 50, 0.01, seed=0, min_size=15, max_tries=20, method="per_class")
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
@@ -210,3 +210,20 @@ def test_write_summary_is_atomic_json(tmp_path):
   partition.write_summary(path, s)  # overwriting is fine
   assert json.loads(path.read_text()) == json.loads(json.dumps(s))
   assert [f.name for f in path.parent.iterdir()] == ["partition.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 1.0])
+def test_dirichlet_per_client_binary_many_clients(alpha):
+  # Hsu et al.'s scheme works where per-class draws cannot (2 classes, 20 clients, small alpha).
+  labels = (np.random.default_rng(0).random(4708) < 0.74).astype(np.int64)
+  p = partition.dirichlet(labels, 20, alpha, seed=0, min_size=10)
+  np.testing.assert_array_equal(np.sort(p.indices), np.arange(len(labels)))
+  assert p.sizes.min() >= 235 and p.sizes.max() <= 236
+  if alpha <= 0.1:
+    with pytest.raises(errors.ConfigError):
+      partition.dirichlet(labels, 20, alpha, seed=0, min_size=10, method="per_class", max_tries=50)
+
+
+def test_dirichlet_unknown_method():
+  with pytest.raises(errors.ConfigError, match="per_client"):
+    partition.dirichlet(LABELS, 5, 1.0, seed=0, method="hsu")
