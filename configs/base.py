@@ -67,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.fl.server_opt = "sgd"  # sgd (momentum via server_momentum) | adam | yogi | adagrad
   c.fl.server_lr = 1.0
   c.fl.server_momentum = 0.0
+  # constant | cosine (decays to server_lr * server_lr_min_ratio at the last round)
+  c.fl.server_lr_schedule = "constant"
+  c.fl.server_lr_min_ratio = 0.1
   # Execution engine (fedjax_med/engine.py): 0 = chosen per backend, logged.
   c.fl.client_chunk_size = 0  # clients vectorized together (>= clients_per_round: all)
   c.fl.local_unroll = 0  # lax.scan unroll of local steps

@@ -70,7 +70,9 @@ def make_algorithm(
   if name == "centralized":
     return algorithms.centralized(loss_fn, client_tx, unroll=eng.local_unroll)
   server_lr = fl.server_lr
-  if a.swa:
+  if fl.server_lr_schedule == "cosine":
+    server_lr = optax.cosine_decay_schedule(fl.server_lr, fl.rounds, alpha=fl.server_lr_min_ratio)
+  if a.swa:  # the cyclical SWA schedule replaces any other
     start = swa_start_round(config)
     server_lr = algorithms.cyclical_lr(fl.server_lr, fl.server_lr * a.swa_lr_ratio,
                                        start_round=start, period=a.swa_period)

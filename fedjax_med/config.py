@@ -80,6 +80,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"choose one of {partition.KINDS}")
   _check(math.isfinite(config.fl.local_epochs) and config.fl.local_epochs >= 0,
          "fl.local_epochs", config.fl.local_epochs, "must be >= 0 (0 = use fl.local_steps)")
+  _check(config.fl.server_lr_schedule in ("constant", "cosine"), "fl.server_lr_schedule",
+         config.fl.server_lr_schedule, "choose constant or cosine")
+  _check(0 <= config.fl.server_lr_min_ratio <= 1, "fl.server_lr_min_ratio",
+         config.fl.server_lr_min_ratio, "must be in [0, 1]")
   a = config.algorithm
   for key in ("mu", "rho", "asam_eta", "server_eps", "swa_fraction", "swa_lr_ratio"):
     value = a[key]

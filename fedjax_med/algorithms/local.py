@@ -174,7 +174,8 @@ def map_clients(
     delta = jax.tree.map(lambda s, c: s[None] - c, server_params, res.params)
     return (
         aggregate.weighted_sum(delta, w),
-        (res.loss, res.steps, aggregate.stacked_norm(delta), extra),
+        # Padding clients (weight 0) report a zero update norm.
+        (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra),
     )
 
   if chunk_size is None or chunk_size >= num_clients:

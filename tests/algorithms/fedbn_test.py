@@ -1,0 +1,149 @@
+"""FedBN vs a Python-loop reference of Li et al. (ICLR 2021).
+
+Each client starts a round from the server model with ITS OWN BatchNorm leaves
+(scale, bias, running statistics; initially the init values), trains with plain
+SGD and keeps its new BatchNorm leaves. The server (sgd(1.0)) moves every leaf,
+BatchNorm included, to the weighted mean of the client models (the server's BN
+copy is the average of the clients', as documented in fedbn.py).
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedjax_med import algorithms
+from fedjax_med.algorithms.fedbn import is_batchnorm_leaf
+from tests.algorithms.fedavg_test import LR, C, D, K, linear_loss, make_params
+from tests.algorithms.sampled_rounds import (
+  ROUNDS,
+  N,
+  real_steps,
+  reference_grad,
+  sampled_clients,
+  step_batch,
+  to_numpy,
+  weighted_average,
+)
+
+
+def bn_params():
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  return {
+    "params": {
+      "Dense_0": {"w": jax.random.normal(k[0], (D, K)) * 0.3, "b": jax.random.normal(k[1], (K,)) * 0.1},
+      "BatchNorm_0": {
+        "scale": 1.0 + 0.1 * jax.random.normal(k[2], (D,)),
+        "bias": 0.1 * jax.random.normal(k[3], (D,)),
+      },
+    },
+    "batch_stats": {"BatchNorm_0": {"mean": jnp.zeros((D,))}},
+  }
+
+
+def bn_loss(params, batch, rng):
+  """Train-mode BatchNorm (centre by the batch mean, then scale/bias), a dense layer, and the
+  running-mean update returned in ``aux["variables"]``."""
+  del rng
+  p = params["params"]
+  m = batch["mask"].astype(jnp.float32)
+  mean = jnp.sum(batch["image"] * m[:, None], 0) / jnp.maximum(jnp.sum(m), 1.0)
+  x = (batch["image"] - mean) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"]
+  logits = x @ p["Dense_0"]["w"] + p["Dense_0"]["b"]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  loss = jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
+  running = 0.9 * params["batch_stats"]["BatchNorm_0"]["mean"] + 0.1 * mean
+  return loss, {"variables": {"batch_stats": {"BatchNorm_0": {"mean": running}}}}
+
+
+class FedBNReference:
+  """Server model plus each client's own BatchNorm leaves in a dict keyed by client id."""
+
+  def __init__(self, params):
+    self.server = to_numpy(params)
+    own = {"bn": self.server["params"]["BatchNorm_0"], "stats": self.server["batch_stats"]}
+    self.own = {i: own for i in range(N)}
+
+  def round(self, clients):
+    models, weights = [], []
+    for row in range(C):
+      if clients.weight[row] == 0:  # padding client
+        continue
+      cid = int(clients.client_id[row])
+      w = {
+        "params": {"Dense_0": self.server["params"]["Dense_0"], "BatchNorm_0": self.own[cid]["bn"]},
+        "batch_stats": self.own[cid]["stats"],
+      }
+      for s in real_steps(clients, row):
+        grads, aux = reference_grad(bn_loss)(w, step_batch(clients, row, s))
+        w = jax.tree.map(lambda x, g: x - LR * g, w, grads)
+        w = {**w, **aux["variables"]}
+      self.own[cid] = {"bn": w["params"]["BatchNorm_0"], "stats": w["batch_stats"]}
+      models.append(w)
+      weights.append(float(clients.weight[row]))
+    self.server = weighted_average(models, weights)
+
+  def local_norms(self):
+    """``state.local_norms``: the BatchNorm leaves in flatten order, each stacked over clients."""
+    per_client = []
+    for i in range(N):
+      tree = {"params": {**self.server["params"], "BatchNorm_0": self.own[i]["bn"]},
+              "batch_stats": self.own[i]["stats"]}
+      leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+      per_client.append(tuple(leaf for path, leaf in leaves if is_batchnorm_leaf(path)))
+    return tuple(np.stack(rows) for rows in zip(*per_client, strict=True))
+
+
+@functools.cache
+def fedbn_round(chunk=None):
+  alg = algorithms.fedbn(bn_loss, optax.sgd(LR), optax.sgd(1.0), num_clients=N,
+                         client_chunk_size=chunk)
+  return alg.init, jax.jit(alg.round)
+
+
+def test_batchnorm_leaves_are_the_three_bn_leaves():
+  leaves = jax.tree_util.tree_flatten_with_path(bn_params())[0]
+  names = ["/".join(k.key for k in path) for path, _ in leaves if is_batchnorm_leaf(path)]
+  assert names == ["batch_stats/BatchNorm_0/mean", "params/BatchNorm_0/bias",
+                   "params/BatchNorm_0/scale"]
+
+
+def test_fedbn_matches_reference_loop():
+  init, round_fn = fedbn_round()
+  state = init(bn_params(), jax.random.PRNGKey(0))
+  ref = FedBNReference(bn_params())
+  for r in range(ROUNDS):
+    clients = sampled_clients(r)
+    state, _ = round_fn(state, clients)
+    ref.round(clients)
+    # float32 reference vs the scanned/vmapped round: rtol 1e-5, atol 1e-6 (params and the
+    # stored BatchNorm leaves of every client).
+    chex.assert_trees_all_close(state.params, ref.server, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.local_norms, ref.local_norms(), rtol=1e-5, atol=1e-6)
+  assert int(state.round) == ROUNDS
+  # Not vacuous: client 4 (every round) kept a scale that differs from the server's average.
+  scale = state.local_norms[2]
+  assert float(jnp.abs(scale[4] - state.params["params"]["BatchNorm_0"]["scale"]).max()) > 1e-4
+  assert float(jnp.abs(state.local_norms[0][4]).max()) > 0  # its running mean moved
+
+
+def test_fedbn_chunked_equals_unchunked():
+  results = []
+  for chunk in (None, 2):
+    init, round_fn = fedbn_round(chunk)
+    state = init(bn_params(), jax.random.PRNGKey(0))
+    for r in range(2):
+      state, metrics = round_fn(state, sampled_clients(r))
+    results.append((state, metrics))
+  # Same arithmetic in a different batching: rtol 1e-5, atol 1e-6.
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_fedbn_init_without_batchnorm_raises():
+  alg = algorithms.fedbn(linear_loss, optax.sgd(LR), optax.sgd(1.0), num_clients=N)
+  with pytest.raises(ValueError, match="BatchNorm"):
+    alg.init(make_params(), jax.random.PRNGKey(0))
