@@ -20,7 +20,11 @@ from fedjax_med.models import layers
 log = logging.getLogger(__name__)
 
 # Clients vectorized together when ``fl.client_chunk_size`` is 0 (auto).
-AUTO_CHUNK = {"cpu": 8, "gpu": 1024, "tpu": 1024}
+# CPU: measured by bench/round_speed.py (chunk tuning at K=16): one client at a
+# time was fastest per client for both the CNN (57.7 ms vs 82 / 138 / 140 for
+# chunks of 4 / 8 / all) and ResNet-8-GN (313 ms vs 343 / 433 / 533).
+# GPU: large vectorized chunks; bench/gpu.sh tunes 128..1024 (not yet measured).
+AUTO_CHUNK = {"cpu": 1, "gpu": 1024, "tpu": 1024}
 
 
 class Engine(NamedTuple):

@@ -5,11 +5,13 @@ from fedjax_med import engine, sharding
 
 def test_auto_chunks_are_balanced_and_divide_devices():
   e = engine.choose(10, backend="cpu", num_devices=1)
-  assert e.client_chunk_size == 5 and e.conv_impl == "im2col" and e.local_unroll == 1
-  assert engine.choose(8, backend="cpu", num_devices=1).client_chunk_size is None
+  assert e.client_chunk_size == 1 and e.conv_impl == "im2col" and e.local_unroll == 1
+  assert engine.choose(1, backend="cpu", num_devices=1).client_chunk_size is None
   e = engine.choose(1000, backend="cpu", num_devices=8)
-  assert e.client_chunk_size % 8 == 0 and e.client_chunk_size <= 64
+  assert e.client_chunk_size == 8
   assert engine.choose(4096, backend="gpu", num_devices=1).client_chunk_size == 1024
+  # 1100 clients at most 1024 a chunk run as 2 chunks of 550, not 1024 + 1024.
+  assert engine.choose(1100, backend="gpu", num_devices=1).client_chunk_size == 550
   assert engine.choose(16, backend="gpu", num_devices=1).conv_impl == "native"
 
 
@@ -24,3 +26,5 @@ def test_padding_for_mesh_and_chunk():
   mesh = sharding.make_mesh(1)
   e = engine.choose(10, backend="cpu", num_devices=1)
   assert sharding.pad_multiple(10, mesh, e.client_chunk_size) == 10
+  e = engine.choose(1100, backend="gpu", num_devices=1)
+  assert sharding.pad_multiple(1100, mesh, e.client_chunk_size) == 1100

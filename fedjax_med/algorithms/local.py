@@ -186,19 +186,19 @@ def map_clients(
     chunks = (data, weight, keys)
     if pad:
       chunks = _pad_clients(chunks, pad)
-    # Chunk i holds clients {i, i + num_chunks, i + 2 * num_chunks, ...}: reshaping
-    # to [chunk, num_chunks] keeps a client axis sharded in contiguous blocks
-    # local to each device (no resharding), and moveaxis is a local transpose.
-    chunks = jax.tree.map(
-        lambda x: jnp.moveaxis(x.reshape((chunk_size, num_chunks) + x.shape[1:]), 1, 0), chunks
-    )
+    # Chunk i holds clients {i, i + num_chunks, i + 2 * num_chunks, ...}: the
+    # reshape to [chunk, num_chunks, ...] is free and keeps a client axis that is
+    # sharded in contiguous blocks local to each device; each scan step slices its
+    # chunk out of axis 1, so the input is never copied whole (memory ~ chunk).
+    chunks = jax.tree.map(lambda x: x.reshape((chunk_size, num_chunks) + x.shape[1:]), chunks)
 
-    def body(acc, chunk):
+    def body(acc, i):
+      chunk = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 1, keepdims=False), chunks)
       delta_sum, per_client = run_chunk(chunk)
       return jax.tree.map(jnp.add, acc, delta_sum), per_client
 
     zeros = jax.tree.map(jnp.zeros_like, server_params)
-    delta_sum, per_client = jax.lax.scan(body, zeros, chunks)
+    delta_sum, per_client = jax.lax.scan(body, zeros, jnp.arange(num_chunks))
     loss, steps, norms, extra = jax.tree.map(
         lambda x: jnp.moveaxis(x, 0, 1).reshape((num_chunks * chunk_size,) + x.shape[2:])[
             :num_clients

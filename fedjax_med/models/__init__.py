@@ -1,6 +1,21 @@
-"""Model zoo (flax.linen) with a backend-aware conv/pool lowering."""
+"""Model zoo (flax.linen) with a backend-aware conv/pool lowering.
 
-from fedjax_med.models import cnn, layers, resnet
-from fedjax_med.models.registry import get_model, names
+Families: a small CNN (the default), ResNets (``resnet``), ViT (``vit``) and
+ConvNeXt (``convnext``); ``registry`` maps ``--config.model.name`` to each.
+``python -m fedjax_med.models`` prints the zoo with parameters and FLOPs.
+"""
 
-__all__ = ["cnn", "get_model", "layers", "names", "resnet"]
+from fedjax_med.models import cnn, convnext, layers, resnet, vit
+from fedjax_med.models.registry import TEST_MODELS, get_model, names, takes_norm
+
+__all__ = [
+    "TEST_MODELS",
+    "cnn",
+    "convnext",
+    "get_model",
+    "layers",
+    "names",
+    "resnet",
+    "takes_norm",
+    "vit",
+]

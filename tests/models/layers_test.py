@@ -1,4 +1,7 @@
-"""The im2col conv and reshape pooling equal the native ops (values and gradients)."""
+"""The im2col conv (dense, grouped, depthwise) and reshape pooling equal the native ops.
+
+Values and gradients; each case is one jitted call (eager op-by-op dispatch is slower).
+"""
 
 import chex
 import jax
@@ -28,21 +31,62 @@ def test_im2col_conv_equals_native_values_and_grads(hw, ksize, strides, padding)
   kx, kk = jax.random.split(jax.random.PRNGKey(0))
   x = jax.random.normal(kx, (2, *hw, 3))
   k = jax.random.normal(kk, (*ksize, 3, 4))
-  ours = layers.im2col_conv(x, k, strides, padding)
-  ref = native_conv(x, k, strides, padding)
-  chex.assert_trees_all_close(ours, ref, rtol=1e-5, atol=1e-5)
+  assert_same_values_and_grads(layers.im2col_conv, native_conv, x, k, strides, padding)
 
-  def loss(conv):
-    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding)))
 
-  chex.assert_trees_all_close(jax.grad(loss(layers.im2col_conv), (0, 1))(x, k),
-                              jax.grad(loss(native_conv), (0, 1))(x, k), rtol=1e-4, atol=1e-4)
+def assert_same_values_and_grads(conv, ref, x, k, *args):
+  """One jitted call: both outputs and both (d/dx, d/dk) of a non-linear loss."""
+
+  @jax.jit
+  def both(x, k):
+    outs = []
+    for f in (conv, ref):
+      loss = lambda x, k, f=f: jnp.sum(jnp.sin(f(x, k, *args)))  # noqa: E731
+      outs.append((f(x, k, *args), jax.grad(loss, (0, 1))(x, k)))
+    return outs
+
+  (y, g), (y_ref, g_ref) = both(x, k)
+  chex.assert_trees_all_close(y, y_ref, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "hw,ksize,strides,padding,cin,cout,groups",
+    [
+        ((14, 14), (7, 7), (1, 1), "SAME", 5, 5, 5),  # ConvNeXt depthwise
+        ((7, 9), (3, 3), (2, 2), "SAME", 4, 4, 4),  # strided, odd sizes
+        ((8, 8), (3, 3), (1, 1), "VALID", 3, 6, 3),  # depthwise, channel multiplier 2
+        ((8, 8), (3, 3), (1, 1), "SAME", 6, 4, 2),  # general groups: the einsum path
+    ],
+)
+def test_grouped_and_depthwise_im2col_equals_native(hw, ksize, strides, padding, cin, cout, groups):
+  kx, kk = jax.random.split(jax.random.PRNGKey(3))
+  x = jax.random.normal(kx, (2, *hw, cin))
+  k = jax.random.normal(kk, (*ksize, cin // groups, cout))
+
+  def ref(x, k, strides, padding, groups):
+    return jax.lax.conv_general_dilated(x, k, strides, padding, feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  assert_same_values_and_grads(layers.im2col_conv, ref, x, k, strides, padding, groups)
+
+
+def test_depthwise_conv_module_under_vmap_is_elementwise():
+  """Per-client depthwise kernels under vmap: same values as native, and no conv op in the HLO."""
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 9, 9, 4))
+  conv = {impl: layers.Conv(4, (7, 7), feature_group_count=4, impl=impl)
+          for impl in ("im2col", "native")}
+  kernel = jax.random.normal(jax.random.PRNGKey(2), (3, 7, 7, 1, 4))  # [clients, kh, kw, 1, C]
+  v = {"params": {"kernel": kernel, "bias": jnp.zeros((3, 4))}}
+  apply = {i: jax.jit(jax.vmap(c.apply)) for i, c in conv.items()}
+  chex.assert_trees_all_close(apply["im2col"](v, x), apply["native"](v, x), rtol=1e-5, atol=1e-5)
+  assert "convolution" not in apply["im2col"].lower(v, x).as_text()
 
 
 def test_im2col_conv_under_vmap_with_per_client_kernels():
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 2, 9, 9, 2))
   k = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 3, 2, 5))
-  f = lambda conv: jax.vmap(lambda x, k: conv(x, k, (1, 1), "SAME"))  # noqa: E731
+  f = lambda conv: jax.jit(jax.vmap(lambda x, k: conv(x, k, (1, 1), "SAME")))  # noqa: E731
   chex.assert_trees_all_close(f(layers.im2col_conv)(x, k), f(native_conv)(x, k), rtol=1e-5,
                               atol=1e-5)
 
@@ -53,18 +97,25 @@ def test_reshape_pooling_equals_native(pool, hw):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
   ours = lambda x: getattr(layers, pool)(x, 2, impl="im2col")  # noqa: E731
   ref = lambda x: getattr(layers, pool)(x, 2, impl="native")  # noqa: E731
-  chex.assert_trees_all_close(ours(x), ref(x), rtol=1e-6)
-  g = lambda f: jax.grad(lambda x: jnp.sum(jnp.cos(f(x))))(x)  # noqa: E731
-  chex.assert_trees_all_close(g(ours), g(ref), rtol=1e-5, atol=1e-6)
+
+  @jax.jit
+  def values_and_grads(x):
+    return [(f(x), jax.grad(lambda x, f=f: jnp.sum(jnp.cos(f(x))))(x)) for f in (ours, ref)]
+
+  (y, g), (y_ref, g_ref) = values_and_grads(x)
+  chex.assert_trees_all_close(y, y_ref, rtol=1e-6)
+  chex.assert_trees_all_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_conv_module_impls_share_parameters_and_outputs():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 10, 3))
   fast = layers.Conv(6, (3, 3), strides=2, impl="im2col")
   slow = layers.Conv(6, (3, 3), strides=2, impl="native")
-  v = fast.init(jax.random.PRNGKey(1), x)
-  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, slow.init(jax.random.PRNGKey(1), x))
-  chex.assert_trees_all_close(fast.apply(v, x), slow.apply(v, x), rtol=1e-5, atol=1e-5)
+  v = jax.jit(fast.init)(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(
+      jnp.shape, jax.eval_shape(slow.init, jax.random.PRNGKey(1), x))
+  outs = jax.jit(lambda v, x: (fast.apply(v, x), slow.apply(v, x)))(v, x)
+  chex.assert_trees_all_close(*outs, rtol=1e-5, atol=1e-5)
 
 
 def test_resolve_impl():
