@@ -74,6 +74,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.fl.client_chunk_size = 0  # clients vectorized together (>= clients_per_round: all)
   c.fl.local_unroll = 0  # lax.scan unroll of local steps
 
+  # Communication: compression of client uploads (fedjax_med/compression.py).
+  c.comm = ml_collections.ConfigDict()
+  c.comm.compressor = "none"  # none | quantize | topk | randk
+  c.comm.bits = 8  # quantize: 1, 2, 4 or 8
+  c.comm.block = 0  # quantize: values per scale (0 = one scale per tensor)
+  c.comm.fraction = 0.01  # topk / randk: fraction of entries sent
+  c.comm.error_feedback = False  # keep the unsent part per client (client store)
+  c.comm.target_accuracy = 0.8  # summary: bytes uploaded until test accuracy >= this
+
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 5  # rounds between val/test evaluations (and always at the end)
   c.eval.batch_size = 500

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import optax
 
-from fedjax_med import algorithms, engine, types
+from fedjax_med import algorithms, compression, engine, types
 
 # name -> server optimizer forced by the name (None: use fl.server_opt).
 SERVER_OPT_OF = {
@@ -78,27 +78,38 @@ def make_algorithm(
                                        start_round=start, period=a.swa_period)
   server_tx = make_server_optimizer(SERVER_OPT_OF[name] or fl.server_opt, server_lr,
                                     fl.server_momentum, a.server_eps)
-  common = dict(client_chunk_size=eng.client_chunk_size, local_unroll=eng.local_unroll)
+  common = dict(client_chunk_size=eng.client_chunk_size, local_unroll=eng.local_unroll,
+                compressor=make_compressor(config))
+  ef = bool(config.comm.error_feedback) and common["compressor"] is not None
+  stateless = dict(common, error_feedback_clients=fl.num_clients if ef else 0)
+  stateful = dict(common, error_feedback=ef)
   if name in ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
-    alg = algorithms.fedavg(loss_fn, client_tx, server_tx, **common)
+    alg = algorithms.fedavg(loss_fn, client_tx, server_tx, **stateless)
   elif name == "fedprox":
-    alg = algorithms.fedprox(loss_fn, client_tx, server_tx, mu=a.mu, **common)
+    alg = algorithms.fedprox(loss_fn, client_tx, server_tx, mu=a.mu, **stateless)
   elif name in ("fedsam", "fedasam"):
     alg = algorithms.fedsam(loss_fn, client_tx, server_tx, rho=a.rho, adaptive=name == "fedasam",
-                            eta=a.asam_eta, **common)
+                            eta=a.asam_eta, **stateless)
   elif name == "scaffold":
     alg = algorithms.scaffold(loss_fn, fl.client_lr, server_tx, num_clients=fl.num_clients,
-                              **common)
+                              **stateful)
   elif name == "feddyn":
     alg = algorithms.feddyn(loss_fn, client_tx, alpha=a.feddyn_alpha, num_clients=fl.num_clients,
-                            server_optimizer=server_tx, **common)
+                            server_optimizer=server_tx, **stateful)
   elif name == "fedbn":
-    alg = algorithms.fedbn(loss_fn, client_tx, server_tx, num_clients=fl.num_clients, **common)
+    alg = algorithms.fedbn(loss_fn, client_tx, server_tx, num_clients=fl.num_clients, **stateful)
   else:
     raise ValueError(f"unknown algorithm {name!r}")
   if a.swa:
     alg = algorithms.swa(alg, start_round=swa_start_round(config), period=a.swa_period)
   return alg
+
+
+def make_compressor(config: ml_collections.ConfigDict) -> compression.Compressor | None:
+  """The upload compressor of ``config.comm`` (None for ``"none"``)."""
+  c = config.comm
+  return compression.make(c.compressor, bits=c.bits, fraction=c.fraction, block=c.block,
+                          error_feedback=c.error_feedback)
 
 
 def swa_start_round(config: ml_collections.ConfigDict) -> int:

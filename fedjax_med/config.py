@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from fedjax_med import augment, builders, partition
+from fedjax_med import augment, builders, compression, partition
 from fedjax_med.data import registry
 from fedjax_med.errors import ConfigError
 from fedjax_med.models import layers
@@ -84,6 +84,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
          config.fl.server_lr_schedule, "choose constant or cosine")
   _check(0 <= config.fl.server_lr_min_ratio <= 1, "fl.server_lr_min_ratio",
          config.fl.server_lr_min_ratio, "must be in [0, 1]")
+  cm = config.comm
+  _check(cm.compressor in compression.KINDS, "comm.compressor", cm.compressor,
+         f"choose one of {compression.KINDS}")
+  _check(cm.bits in (1, 2, 4, 8), "comm.bits", cm.bits, "choose 1, 2, 4 or 8")
+  _check(cm.block >= 0, "comm.block", cm.block, "must be >= 0 (0 = per tensor)")
+  _check(0 < cm.fraction <= 1, "comm.fraction", cm.fraction, "must be in (0, 1]")
+  _check(0 <= cm.target_accuracy <= 1, "comm.target_accuracy", cm.target_accuracy,
+         "must be in [0, 1]")
+  _check(cm.compressor == "none" or config.algorithm.name != "centralized", "comm.compressor",
+         cm.compressor, "centralized training sends nothing: use comm.compressor=none")
   a = config.algorithm
   for key in ("mu", "rho", "asam_eta", "server_eps", "swa_fraction", "swa_lr_ratio"):
     value = a[key]

@@ -27,6 +27,7 @@ from fedjax_med import (
   batching,
   builders,
   checkpoint,
+  compression,
   data,
   engine,
   metrics,
@@ -182,6 +183,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       pad_clients_to=padded_clients,
       local_steps=local_steps,
   )
+  # Bytes on the wire per round, exact from the shapes and dtypes sent: every
+  # sampled client downloads the model and uploads its (compressed) update.
+  server_params = jax.device_get(state.params)
+  if config.algorithm.name == "centralized":
+    up_per_round = down_per_round = 0
+  else:
+    up_per_round = fl.clients_per_round * compression.upload_bits(
+        builders.make_compressor(config), server_params) // 8
+    down_per_round = fl.clients_per_round * compression.model_bits(server_params) // 8
+
+  def comm_bytes(rounds_done: int) -> dict:
+    return {"bytes_up": rounds_done * up_per_round, "bytes_down": rounds_done * down_per_round}
+
   prefetcher = batching.Prefetcher(make_batch, stop=fl.rounds)
   round_fn = sharding.jit_round(alg.round, mesh)
   eval_fn = _make_eval_fn(model)
@@ -210,11 +224,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
           "loss": train_loss,
           "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
           "pseudo_grad_norm": float(m.pseudo_grad_norm),
+          **comm_bytes(r + 1),
       })
       progress.update(r + 1, train_loss)
       done = r + 1 == fl.rounds
       if (r + 1) % config.eval.every == 0 or done:
-        _evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, r + 1, writer)
+        _evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, r + 1, writer,
+                          comm_bytes(r + 1))
       if (r + 1) % config.ckpt.every == 0 or done:
         ckpt.save(state)
   finally:
@@ -226,8 +242,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   for split in ("val", "test"):
     last = [x for x in records if x["split"] == split and x["round"] == fl.rounds]
     if not last:  # resumed an already finished run: evaluate again
-      last = [_evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, fl.rounds, None)[split]]
+      last = [_evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, fl.rounds,
+                                None)[split]]
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
+  target = config.comm.target_accuracy
+  reached = [x["round"] for x in records if x["split"] == "test" and x["accuracy"] >= target]
   summary = {
       "rounds_completed": int(state.round),
       "algorithm": config.algorithm.name,
@@ -240,6 +259,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       "wall_time_s": time.time() - t_start,
       "time_to_first_round_s": first_round_s,
       "engine": eng._asdict(),
+      "compressor": config.comm.compressor,
+      "total_bytes_up": comm_bytes(fl.rounds)["bytes_up"],
+      "total_bytes_down": comm_bytes(fl.rounds)["bytes_down"],
+      "target_accuracy": target,
+      "rounds_to_target": reached[0] if reached else None,
+      "bytes_up_to_target": comm_bytes(reached[0])["bytes_up"] if reached else None,
       **final,
   }
   metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
@@ -274,11 +299,11 @@ def _round_batch(
   )
 
 
-def _evaluate_and_log(eval_fn, params, ds, batch_size, round_idx, writer) -> dict:
+def _evaluate_and_log(eval_fn, params, ds, batch_size, round_idx, writer, extra=None) -> dict:
   results = {}
   for split in ("val", "test"):
     res = evaluate(eval_fn, params, ds.split(split), batch_size)
-    res.update(round=round_idx, split=split)
+    res.update(round=round_idx, split=split, **(extra or {}))
     if writer is not None:
       writer.write(res)
     results[split] = res

@@ -46,6 +46,7 @@ class ServerState(NamedTuple):
   opt_state: optax.OptState  # server optimizer state
   round: Array  # int32 scalar: rounds completed
   rng: PRNGKey  # uint32 [2]; the round key is fold_in(rng, round)
+  comm: PyTree = None  # error-feedback residual of every client [N, ...] (compression), or None
 
 
 class RoundMetrics(NamedTuple):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from fedjax_med import builders, errors, metrics, train
+from fedjax_med import builders, compression, errors, metrics, train
 from fedjax_med.data import synthetic
 
 
@@ -196,3 +196,20 @@ def test_swa_wraps_any_algorithm_and_resumes(data_root, tmp_path, monkeypatch):
   monkeypatch.setattr(train, "_round_batch", real_batch)
   resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
+
+
+def test_compression_bytes_accounting(data_root, tmp_path):
+  config = small_config(data_root, **{"comm.compressor": "topk", "comm.fraction": 0.1,
+                                      "comm.error_feedback": True, "comm.target_accuracy": 0.0})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  params = jax.device_get(state.params)
+  up = config.fl.clients_per_round * compression.upload_bits(compression.topk(0.1), params) // 8
+  down = config.fl.clients_per_round * compression.model_bits(params) // 8
+  records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  for r in records:
+    assert r["bytes_up"] == r["round"] * up and r["bytes_down"] == r["round"] * down
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["total_bytes_up"] == 4 * up and summary["compressor"] == "topk"
+  assert summary["rounds_to_target"] == 2 and summary["bytes_up_to_target"] == 2 * up
+  assert up < down / 4  # ~10% of the entries as (value, index) pairs: ~1/5 of the bytes
+  assert state.comm is not None

@@ -9,19 +9,41 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med import types
-from fedjax_med.algorithms import aggregate, local
+from fedjax_med import compression, types
+from fedjax_med.algorithms import aggregate, client_store, local
 
 
-def init_server_state(params, optimizer: optax.GradientTransformation, rng) -> types.ServerState:
-  """A float32 server state with optimizer state, round 0 and a raw uint32 key."""
+def init_server_state(
+  params, optimizer: optax.GradientTransformation, rng, *, error_feedback_clients: int = 0
+) -> types.ServerState:
+  """A float32 server state with optimizer state, round 0 and a raw uint32 key.
+
+  ``error_feedback_clients`` > 0 adds a zero residual per client (``comm``) for
+  compression with error feedback.
+  """
   params = aggregate.cast_floats(params)
+  comm = None
+  if error_feedback_clients:
+    comm = client_store.init(jax.tree.map(jnp.zeros_like, params), error_feedback_clients)
   return types.ServerState(
-      params=params,
-      opt_state=aggregate.cast_floats(optimizer.init(params)),
-      round=jnp.zeros((), jnp.int32),
-      rng=raw_key(rng),
+    params=params,
+    opt_state=aggregate.cast_floats(optimizer.init(params)),
+    round=jnp.zeros((), jnp.int32),
+    rng=raw_key(rng),
+    comm=comm,
   )
+
+
+def comm_rows(state, clients: types.ClientBatch):
+  """The sampled clients' error-feedback residuals (None without error feedback)."""
+  return None if state.comm is None else client_store.gather(state.comm, clients.client_id)
+
+
+def comm_update(state, clients: types.ClientBatch, res: local.ClientsResult):
+  """The residual store after this round (only real clients are written)."""
+  if state.comm is None:
+    return None
+  return client_store.scatter(state.comm, clients.client_id, res.residual, clients.weight > 0)
 
 
 def raw_key(rng) -> types.Array:
@@ -51,40 +73,50 @@ def server_update(optimizer, params, opt_state, pseudo_grad):
 
 def round_metrics(res: local.ClientsResult, pseudo_grad) -> types.RoundMetrics:
   return types.RoundMetrics(
-      client_loss=res.loss,
-      client_steps=res.steps,
-      update_norm=res.update_norm,
-      pseudo_grad_norm=aggregate.tree_norm(pseudo_grad),
+    client_loss=res.loss,
+    client_steps=res.steps,
+    update_norm=res.update_norm,
+    pseudo_grad_norm=aggregate.tree_norm(pseudo_grad),
   )
 
 
 def averaging_algorithm(
-    client_fn: Callable[[types.Params, dict, types.PRNGKey], local.LocalResult],
-    server_optimizer: optax.GradientTransformation,
-    *,
-    client_chunk_size: int | None = None,
+  client_fn: Callable[[types.Params, dict, types.PRNGKey], local.LocalResult],
+  server_optimizer: optax.GradientTransformation,
+  *,
+  client_chunk_size: int | None = None,
+  compressor: compression.Compressor | None = None,
+  error_feedback_clients: int = 0,
 ) -> types.FederatedAlgorithm:
   """FedAvg's round around any stateless ``client_fn(server_params, data_c, key_c)``.
 
-  FedAvg, FedProx and FedSAM differ only in their ``client_fn``.
+  FedAvg, FedProx and FedSAM differ only in their ``client_fn``. With a
+  ``compressor`` the server aggregates the decoded compressed deltas; with
+  ``error_feedback_clients`` = N each of the N clients keeps a residual.
   """
 
   def init_fn(params: types.Params, rng: types.PRNGKey) -> types.ServerState:
-    return init_server_state(params, server_optimizer, rng)
+    return init_server_state(
+      params, server_optimizer, rng, error_feedback_clients=error_feedback_clients
+    )
 
   def round_fn(state: types.ServerState, clients: types.ClientBatch):
     keys = round_keys(state, clients.weight.shape[0])
     res = local.map_clients(
-        client_fn,
-        state.params,
-        local.client_data(clients),
-        clients.weight,
-        keys,
-        chunk_size=client_chunk_size,
+      client_fn,
+      state.params,
+      local.client_data(clients),
+      clients.weight,
+      keys,
+      chunk_size=client_chunk_size,
+      compressor=compressor,
+      residual=comm_rows(state, clients),
     )
     pseudo_grad = mean_delta(res)
     params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
-    new_state = types.ServerState(params, opt_state, state.round + 1, state.rng)
+    new_state = types.ServerState(
+      params, opt_state, state.round + 1, state.rng, comm_update(state, clients, res)
+    )
     return new_state, round_metrics(res, pseudo_grad)
 
   return types.FederatedAlgorithm(init_fn, round_fn)

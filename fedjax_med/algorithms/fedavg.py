@@ -17,7 +17,7 @@ import functools
 
 import optax
 
-from fedjax_med import types
+from fedjax_med import compression, types
 from fedjax_med.algorithms import base, local
 
 
@@ -28,6 +28,8 @@ def fedavg(
     *,
     client_chunk_size: int | None = None,
     local_unroll: int | bool = 1,
+    compressor: compression.Compressor | None = None,
+    error_feedback_clients: int = 0,
 ) -> types.FederatedAlgorithm:
   """Builds FedAvg as an ``(init, round)`` pair.
 
@@ -37,10 +39,18 @@ def fedavg(
     server_optimizer: optax transform applied to the averaged delta.
     client_chunk_size: clients vectorized together (``None`` = all at once).
     local_unroll: ``lax.scan`` unroll of the local steps.
+    compressor: compress each client's delta (``fedjax_med.compression``).
+    error_feedback_clients: N > 0 keeps an error-feedback residual per client.
 
   Returns:
     ``FederatedAlgorithm(init, round)``; ``round(state, clients)`` is pure and
     jit-able as one function.
   """
   client_fn = functools.partial(local.local_train, loss_fn, client_optimizer, unroll=local_unroll)
-  return base.averaging_algorithm(client_fn, server_optimizer, client_chunk_size=client_chunk_size)
+  return base.averaging_algorithm(
+      client_fn,
+      server_optimizer,
+      client_chunk_size=client_chunk_size,
+      compressor=compressor,
+      error_feedback_clients=error_feedback_clients,
+  )

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import optax
 
-from fedjax_med import types
+from fedjax_med import compression, types
 from fedjax_med.algorithms import base, client_store, local
 
 
@@ -30,6 +30,7 @@ class FedBNState(NamedTuple):
   round: types.Array
   rng: types.Array
   local_norms: tuple  # the local leaves of every client, each stacked [N, ...]
+  comm: types.PyTree = None  # error-feedback residuals [N, ...] (compression)
 
 
 def is_batchnorm_leaf(path) -> bool:
@@ -39,14 +40,16 @@ def is_batchnorm_leaf(path) -> bool:
 
 
 def fedbn(
-    loss_fn: types.LossFn,
-    client_optimizer: optax.GradientTransformation,
-    server_optimizer: optax.GradientTransformation,
-    *,
-    num_clients: int,
-    is_local: Callable = is_batchnorm_leaf,
-    client_chunk_size: int | None = None,
-    local_unroll: int | bool = 1,
+  loss_fn: types.LossFn,
+  client_optimizer: optax.GradientTransformation,
+  server_optimizer: optax.GradientTransformation,
+  *,
+  num_clients: int,
+  is_local: Callable = is_batchnorm_leaf,
+  client_chunk_size: int | None = None,
+  local_unroll: int | bool = 1,
+  compressor: compression.Compressor | None = None,
+  error_feedback: bool = False,
 ) -> types.FederatedAlgorithm:
   """Builds FedBN. ``is_local(path) -> bool`` selects the leaves kept per client.
 
@@ -60,11 +63,20 @@ def fedbn(
     return [leaf for _, leaf in leaves], treedef, idx
 
   def init_fn(params, rng) -> FedBNState:
-    s = base.init_server_state(params, server_optimizer, rng)
+    s = base.init_server_state(
+      params, server_optimizer, rng, error_feedback_clients=num_clients if error_feedback else 0
+    )
     leaves, _, idx = split(s.params)
     if not idx:
       raise ValueError("fedbn: the model has no BatchNorm leaves to keep local; use fedavg")
-    return FedBNState(*s, local_norms=client_store.init(tuple(leaves[i] for i in idx), num_clients))
+    return FedBNState(
+      s.params,
+      s.opt_state,
+      s.round,
+      s.rng,
+      local_norms=client_store.init(tuple(leaves[i] for i in idx), num_clients),
+      comm=s.comm,
+    )
 
   def round_fn(state: FedBNState, clients: types.ClientBatch):
     def client_fn(server_params, inputs, key):
@@ -79,13 +91,25 @@ def fedbn(
 
     own = client_store.gather(state.local_norms, clients.client_id)
     res = local.map_clients(
-        client_fn, state.params, (local.client_data(clients), own), clients.weight,
-        base.round_keys(state, clients.weight.shape[0]), chunk_size=client_chunk_size,
+      client_fn,
+      state.params,
+      (local.client_data(clients), own),
+      clients.weight,
+      base.round_keys(state, clients.weight.shape[0]),
+      chunk_size=client_chunk_size,
+      compressor=compressor,
+      residual=base.comm_rows(state, clients),
     )
-    store = client_store.scatter(state.local_norms, clients.client_id, res.extra, clients.weight > 0)
+    store = client_store.scatter(
+      state.local_norms, clients.client_id, res.extra, clients.weight > 0
+    )
     pseudo_grad = base.mean_delta(res)
-    params, opt_state = base.server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
-    new_state = FedBNState(params, opt_state, state.round + 1, state.rng, store)
+    params, opt_state = base.server_update(
+      server_optimizer, state.params, state.opt_state, pseudo_grad
+    )
+    new_state = FedBNState(
+      params, opt_state, state.round + 1, state.rng, store, base.comm_update(state, clients, res)
+    )
     return new_state, base.round_metrics(res, pseudo_grad)
 
   return types.FederatedAlgorithm(init_fn, round_fn)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med import types
+from fedjax_med import compression, types
 from fedjax_med.algorithms import base, local
 
 
@@ -38,6 +38,8 @@ def fedprox(
     mu: float,
     client_chunk_size: int | None = None,
     local_unroll: int | bool = 1,
+    compressor: compression.Compressor | None = None,
+    error_feedback_clients: int = 0,
 ) -> types.FederatedAlgorithm:
   """Builds FedProx with proximal strength ``mu`` (other arguments as ``fedavg``).
 
@@ -51,4 +53,10 @@ def fedprox(
         unroll=local_unroll,
     )
 
-  return base.averaging_algorithm(client_fn, server_optimizer, client_chunk_size=client_chunk_size)
+  return base.averaging_algorithm(
+      client_fn,
+      server_optimizer,
+      client_chunk_size=client_chunk_size,
+      compressor=compressor,
+      error_feedback_clients=error_feedback_clients,
+  )

@@ -20,14 +20,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med import types
+from fedjax_med import compression, types
 from fedjax_med.algorithms import aggregate
 
 VARIABLES_KEY = "variables"
 
 
 # grad_fn(params, batch, rng) -> ((loss, aux), grads), as jax.value_and_grad(loss_fn, has_aux=True).
-GradFn = Callable[[types.Params, dict, types.PRNGKey], tuple[tuple[types.Array, dict], types.Params]]
+GradFn = Callable[
+  [types.Params, dict, types.PRNGKey], tuple[tuple[types.Array, dict], types.Params]
+]
 
 
 class LocalResult(NamedTuple):
@@ -44,15 +46,15 @@ def apply_variable_updates(params: types.Params, aux: dict) -> types.Params:
 
 
 def run_steps(
-    loss_fn: types.LossFn,
-    optimizer: optax.GradientTransformation,
-    params: types.Params,
-    opt_state: optax.OptState,
-    data: dict,
-    keys: types.Array,
-    *,
-    unroll: int | bool = 1,
-    grad_fn: GradFn | None = None,
+  loss_fn: types.LossFn,
+  optimizer: optax.GradientTransformation,
+  params: types.Params,
+  opt_state: optax.OptState,
+  data: dict,
+  keys: types.Array,
+  *,
+  unroll: int | bool = 1,
+  grad_fn: GradFn | None = None,
 ):
   """``lax.scan`` of optimizer steps over the leading axis of ``data``.
 
@@ -80,20 +82,20 @@ def run_steps(
     return carry, (jnp.where(has_data, loss, 0.0), has_data)
 
   (params, opt_state), (losses, has_data) = jax.lax.scan(
-      step, (params, opt_state), (data, keys), unroll=unroll
+    step, (params, opt_state), (data, keys), unroll=unroll
   )
   return params, opt_state, losses, has_data
 
 
 def local_train(
-    loss_fn: types.LossFn,
-    optimizer: optax.GradientTransformation,
-    params: types.Params,
-    data: dict,
-    rng: types.PRNGKey,
-    *,
-    unroll: int | bool = 1,
-    grad_fn: GradFn | None = None,
+  loss_fn: types.LossFn,
+  optimizer: optax.GradientTransformation,
+  params: types.Params,
+  data: dict,
+  rng: types.PRNGKey,
+  *,
+  unroll: int | bool = 1,
+  grad_fn: GradFn | None = None,
 ) -> LocalResult:
   """Runs ``S`` steps of ``optimizer`` from ``params`` on one client's data.
 
@@ -114,8 +116,14 @@ def local_train(
   """
   keys = jax.random.split(rng, data["mask"].shape[0])
   params, _, losses, has_data = run_steps(
-      loss_fn, optimizer, params, optimizer.init(params), data, keys, unroll=unroll,
-      grad_fn=grad_fn,
+    loss_fn,
+    optimizer,
+    params,
+    optimizer.init(params),
+    data,
+    keys,
+    unroll=unroll,
+    grad_fn=grad_fn,
   )
   return LocalResult(params, losses, jnp.sum(has_data.astype(jnp.int32)))
 
@@ -127,6 +135,7 @@ class ClientsResult(NamedTuple):
   steps: types.Array  # [C] int32
   update_norm: types.Array  # [C] ||server_params - client_params_c||
   extra: types.PyTree = None  # per-client outputs of client_fn, stacked [C, ...]
+  residual: types.PyTree = None  # new error-feedback residuals [C, ...] (compression)
 
 
 def client_data(clients: types.ClientBatch) -> dict:
@@ -135,17 +144,21 @@ def client_data(clients: types.ClientBatch) -> dict:
 
 
 def _pad_clients(tree, pad: int):
-  return jax.tree.map(lambda x: jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]), tree)
+  return jax.tree.map(
+    lambda x: jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]), tree
+  )
 
 
 def map_clients(
-    client_fn: Callable[..., LocalResult | tuple[LocalResult, types.PyTree]],
-    server_params: types.Params,
-    data: dict,
-    weight: types.Array,
-    keys: types.Array,
-    *,
-    chunk_size: int | None = None,
+  client_fn: Callable[..., LocalResult | tuple[LocalResult, types.PyTree]],
+  server_params: types.Params,
+  data: dict,
+  weight: types.Array,
+  keys: types.Array,
+  *,
+  chunk_size: int | None = None,
+  compressor: compression.Compressor | None = None,
+  residual: types.PyTree | None = None,
 ) -> ClientsResult:
   """Runs ``client_fn`` on every client and sums the weighted deltas.
 
@@ -161,6 +174,11 @@ def map_clients(
     chunk_size: clients vectorized together. ``None`` (or >= C) vmaps all
       clients at once; otherwise ``lax.map`` runs over ceil(C / chunk) chunks
       (C is padded with zero-weight clients), bounding peak memory by the chunk.
+    compressor: if given, each client's delta is compressed (``compression``)
+      and the server aggregates what it decodes; the client's key for it is
+      ``fold_in(key_c, 1)``.
+    residual: error-feedback memory [C, ...] shaped like the params (with
+      ``compressor``); the new one is returned in ``ClientsResult.residual``.
 
   Returns:
     A :class:`ClientsResult`; per-client arrays keep the original C.
@@ -168,22 +186,27 @@ def map_clients(
   num_clients = weight.shape[0]
 
   def run_chunk(chunk):
-    d, w, k = chunk
+    d, w, k, r = chunk
     out = jax.vmap(client_fn, in_axes=(None, 0, 0))(server_params, d, k)
     res, extra = out if isinstance(out, tuple) and not isinstance(out, LocalResult) else (out, None)
     delta = jax.tree.map(lambda s, c: s[None] - c, server_params, res.params)
+    new_r = None
+    if compressor is not None:
+      ckeys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k)
+      compress = lambda x, kk, rr: compression.compress_tree(compressor, x, kk, rr)  # noqa: E731
+      delta, new_r = jax.vmap(compress)(delta, ckeys, r)
     return (
-        aggregate.weighted_sum(delta, w),
-        # Padding clients (weight 0) report a zero update norm.
-        (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra),
+      aggregate.weighted_sum(delta, w),
+      # Padding clients (weight 0) report a zero update norm.
+      (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra, new_r),
     )
 
   if chunk_size is None or chunk_size >= num_clients:
-    delta_sum, (loss, steps, norms, extra) = run_chunk((data, weight, keys))
+    delta_sum, (loss, steps, norms, extra, new_r) = run_chunk((data, weight, keys, residual))
   else:
     num_chunks = -(-num_clients // chunk_size)
     pad = num_chunks * chunk_size - num_clients
-    chunks = (data, weight, keys)
+    chunks = (data, weight, keys, residual)
     if pad:
       chunks = _pad_clients(chunks, pad)
     # Chunk i holds clients {i, i + num_chunks, i + 2 * num_chunks, ...}: the
@@ -199,10 +222,10 @@ def map_clients(
 
     zeros = jax.tree.map(jnp.zeros_like, server_params)
     delta_sum, per_client = jax.lax.scan(body, zeros, jnp.arange(num_chunks))
-    loss, steps, norms, extra = jax.tree.map(
-        lambda x: jnp.moveaxis(x, 0, 1).reshape((num_chunks * chunk_size,) + x.shape[2:])[
-            :num_clients
-        ],
-        per_client,
+    loss, steps, norms, extra, new_r = jax.tree.map(
+      lambda x: jnp.moveaxis(x, 0, 1).reshape((num_chunks * chunk_size,) + x.shape[2:])[
+        :num_clients
+      ],
+      per_client,
     )
-  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms, extra)
+  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms, extra, new_r)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med import types
+from fedjax_med import compression, types
 from fedjax_med.algorithms import aggregate, base, client_store, local
 
 
@@ -27,16 +27,19 @@ class ScaffoldState(NamedTuple):
   rng: types.Array
   control: types.Params  # c, the server control variate
   client_controls: types.PyTree  # c_i of every client, stacked [N, ...]
+  comm: types.PyTree = None  # error-feedback residuals [N, ...] (compression)
 
 
 def scaffold(
-    loss_fn: types.LossFn,
-    client_lr: float,
-    server_optimizer: optax.GradientTransformation,
-    *,
-    num_clients: int,
-    client_chunk_size: int | None = None,
-    local_unroll: int | bool = 1,
+  loss_fn: types.LossFn,
+  client_lr: float,
+  server_optimizer: optax.GradientTransformation,
+  *,
+  num_clients: int,
+  client_chunk_size: int | None = None,
+  local_unroll: int | bool = 1,
+  compressor: compression.Compressor | None = None,
+  error_feedback: bool = False,
 ) -> types.FederatedAlgorithm:
   """Builds SCAFFOLD; clients run corrected SGD with learning rate ``client_lr``.
 
@@ -51,9 +54,19 @@ def scaffold(
   client_tx = optax.sgd(client_lr)
 
   def init_fn(params, rng) -> ScaffoldState:
-    s = base.init_server_state(params, server_optimizer, rng)
+    s = base.init_server_state(
+      params, server_optimizer, rng, error_feedback_clients=num_clients if error_feedback else 0
+    )
     zeros = jax.tree.map(jnp.zeros_like, s.params)
-    return ScaffoldState(*s, control=zeros, client_controls=client_store.init(zeros, num_clients))
+    return ScaffoldState(
+      s.params,
+      s.opt_state,
+      s.round,
+      s.rng,
+      control=zeros,
+      client_controls=client_store.init(zeros, num_clients),
+      comm=s.comm,
+    )
 
   def round_fn(state: ScaffoldState, clients: types.ClientBatch):
     c = state.control
@@ -74,18 +87,36 @@ def scaffold(
 
     old_c_i = client_store.gather(state.client_controls, clients.client_id)
     res = local.map_clients(
-        client_fn, state.params, (local.client_data(clients), old_c_i), clients.weight,
-        base.round_keys(state, clients.weight.shape[0]), chunk_size=client_chunk_size,
+      client_fn,
+      state.params,
+      (local.client_data(clients), old_c_i),
+      clients.weight,
+      base.round_keys(state, clients.weight.shape[0]),
+      chunk_size=client_chunk_size,
+      compressor=compressor,
+      residual=base.comm_rows(state, clients),
     )
     valid = clients.weight > 0
     delta_c = jax.tree.map(jnp.subtract, res.extra, old_c_i)
     control = jax.tree.map(
-        lambda cc, d: cc + d / num_clients, c, aggregate.weighted_sum(delta_c, valid.astype(jnp.float32))
+      lambda cc, d: cc + d / num_clients,
+      c,
+      aggregate.weighted_sum(delta_c, valid.astype(jnp.float32)),
     )
     store = client_store.scatter(state.client_controls, clients.client_id, res.extra, valid)
     pseudo_grad = base.mean_delta(res)
-    params, opt_state = base.server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
-    new_state = ScaffoldState(params, opt_state, state.round + 1, state.rng, control, store)
+    params, opt_state = base.server_update(
+      server_optimizer, state.params, state.opt_state, pseudo_grad
+    )
+    new_state = ScaffoldState(
+      params,
+      opt_state,
+      state.round + 1,
+      state.rng,
+      control,
+      store,
+      base.comm_update(state, clients, res),
+    )
     return new_state, base.round_metrics(res, pseudo_grad)
 
   return types.FederatedAlgorithm(init_fn, round_fn)

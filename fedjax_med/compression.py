@@ -1,0 +1,166 @@
+"""Compression of client updates, applied inside the one-jit round.
+
+A :class:`Compressor` is a pair of pure functions in the spirit of optax:
+``encode(x, key) -> payload`` and ``decode(payload, shape) -> x_hat`` on one
+array, plus ``payload_bits(shape)``: the exact number of bits the payload
+takes on the wire (values, indices, scales). ``compress_tree`` applies it leaf
+by leaf with error feedback (Seide et al. 2014; Karimireddy et al. 2019): the
+client adds its residual memory to its update, sends the compressed result,
+and keeps what was not sent.
+
+- ``quantize(bits)``: stochastic uniform quantization to ``2**bits`` levels
+  over ``[-m, m]`` (m = max |x| per tensor or per block of ``block`` values);
+  unbiased: E[decode(encode(x))] = x (Alistarh et al. 2017, QSGD-style).
+- ``topk(fraction)``: the ``k = ceil(fraction * n)`` largest-magnitude entries
+  per tensor, as (float32 value, int32 index) pairs.
+- ``randk(fraction)``: ``k`` entries at random positions drawn from a key shared
+  with the server (so indices are not sent); scaled by ``n / k`` when
+  ``unbiased`` (use unscaled with error feedback).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_med import types
+
+KINDS = ("none", "quantize", "topk", "randk")
+
+
+class Compressor(NamedTuple):
+  encode: Callable[[jax.Array, jax.Array], Any]  # (x [n] float32, key) -> payload
+  decode: Callable[[Any, int], jax.Array]  # (payload, n) -> x_hat [n]
+  payload_bits: Callable[[int], int]  # n -> bits on the wire for one tensor of n values
+
+
+def _k_of(n: int, fraction: float) -> int:
+  return max(1, min(n, math.ceil(fraction * n)))
+
+
+def identity() -> Compressor:
+  return Compressor(lambda x, key: x, lambda p, n: p, lambda n: 32 * n)
+
+
+def quantize(bits: int, block: int | None = None) -> Compressor:
+  """Stochastic uniform quantization to ``bits`` bits, one float32 scale per block."""
+  if bits not in (1, 2, 4, 8):
+    raise ValueError(f"quantize bits must be 1, 2, 4 or 8, got {bits}")
+  levels = 2**bits - 1
+
+  def blocks(x):
+    n = x.shape[0]
+    size = n if not block else block
+    pad = -n % size
+    return jnp.pad(x, (0, pad)).reshape(-1, size)
+
+  def encode(x, key):
+    xb = blocks(x)
+    m = jnp.max(jnp.abs(xb), axis=1, keepdims=True)
+    scaled = jnp.where(m > 0, (xb + m) / jnp.where(m > 0, 2 * m, 1.0) * levels, 0.0)
+    q = jnp.floor(scaled + jax.random.uniform(key, xb.shape))
+    return jnp.clip(q, 0, levels).astype(jnp.uint8), m
+
+  def decode(payload, n):
+    q, m = payload
+    x = q.astype(jnp.float32) / levels * 2 * m - m
+    return x.reshape(-1)[:n]
+
+  def payload_bits(n):
+    num_blocks = 1 if not block else -(-n // block)
+    return n * bits + 32 * num_blocks
+
+  return Compressor(encode, decode, payload_bits)
+
+
+def topk(fraction: float) -> Compressor:
+  """The ``ceil(fraction * n)`` largest-|x| entries, sent as (value, index) pairs."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f"topk fraction must be in (0, 1], got {fraction}")
+
+  def encode(x, key):
+    del key
+    _, idx = jax.lax.top_k(jnp.abs(x), _k_of(x.shape[0], fraction))
+    return x[idx], idx.astype(jnp.int32)
+
+  def decode(payload, n):
+    values, idx = payload
+    return jnp.zeros((n,), values.dtype).at[idx].set(values)
+
+  return Compressor(encode, decode, lambda n: 64 * _k_of(n, fraction))
+
+
+def randk(fraction: float, unbiased: bool = True) -> Compressor:
+  """``k`` entries at shared-random positions (values only on the wire, plus a 64-bit seed)."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f"randk fraction must be in (0, 1], got {fraction}")
+
+  def positions(key, n):
+    return jax.random.choice(key, n, (_k_of(n, fraction),), replace=False)
+
+  def encode(x, key):
+    n = x.shape[0]
+    idx = positions(key, n)
+    scale = n / idx.shape[0] if unbiased else 1.0
+    return x[idx] * scale, key
+
+  def decode(payload, n):
+    values, key = payload
+    return jnp.zeros((n,), values.dtype).at[positions(key, n)].set(values)
+
+  return Compressor(encode, decode, lambda n: 32 * _k_of(n, fraction) + 64)
+
+
+def make(
+  kind: str, *, bits: int = 8, fraction: float = 0.01, block: int = 0, error_feedback: bool = False
+) -> Compressor | None:
+  """The compressor named ``kind`` (``None`` for ``"none"``)."""
+  if kind == "none":
+    return None
+  if kind == "quantize":
+    return quantize(bits, block or None)
+  if kind == "topk":
+    return topk(fraction)
+  if kind == "randk":
+    return randk(fraction, unbiased=not error_feedback)
+  raise ValueError(f"compressor must be one of {KINDS}, got {kind!r}")
+
+
+def compress_tree(
+  compressor: Compressor, tree: types.PyTree, key: jax.Array, residual: types.PyTree | None
+) -> tuple[types.PyTree, types.PyTree | None]:
+  """What the server receives for ``tree`` (decoded), and the new residual.
+
+  With ``residual`` (error feedback) the client sends ``C(tree + residual)`` and
+  keeps ``tree + residual - sent``; without, it sends ``C(tree)``.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  res_leaves = jax.tree.leaves(residual) if residual is not None else [None] * len(leaves)
+  sent, new_res = [], []
+  for leaf, k, r in zip(leaves, keys, res_leaves, strict=True):
+    x = leaf.reshape(-1).astype(jnp.float32)
+    if r is not None:
+      x = x + r.reshape(-1)
+    x_hat = compressor.decode(compressor.encode(x, k), x.shape[0])
+    sent.append(x_hat.reshape(leaf.shape).astype(leaf.dtype))
+    new_res.append((x - x_hat).reshape(leaf.shape))
+  sent = jax.tree.unflatten(treedef, sent)
+  return sent, (jax.tree.unflatten(treedef, new_res) if residual is not None else None)
+
+
+def upload_bits(compressor: Compressor | None, params: types.PyTree) -> int:
+  """Exact bits one client uploads for an update shaped like ``params``."""
+  sizes = [math.prod(x.shape) for x in jax.tree.leaves(params)]
+  if compressor is None:
+    return sum(32 * n for n in sizes)
+  return sum(compressor.payload_bits(n) for n in sizes)
+
+
+def model_bits(params: types.PyTree) -> int:
+  """Bits of the model as sent server -> client (each leaf at its dtype)."""
+  return sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize * 8 for x in jax.tree.leaves(params))
