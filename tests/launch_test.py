@@ -48,3 +48,21 @@ def test_main_command_runs_end_to_end_with_overrides(tmp_path):
   assert summary["rounds_completed"] == 2 and summary["dataset"] == "breastmnist"
   config = json.loads((tmp_path / "run" / "config.json").read_text())
   assert config["fl"]["rounds"] == 2 and config["model"]["name"] == "cnn_tiny"
+
+
+def test_sweep_runs_presets_and_tabulates(tmp_path):
+  synthetic.write_npz(tmp_path / "data" / "pneumoniamnist.npz", name="pneumoniamnist",
+                      n_train=120, n_val=30, n_test=30)
+  overrides = [f"--override=data.root={tmp_path / 'data'}", "--override=data.verify_md5=False",
+               "--override=model.name=cnn_tiny", "--override=fl.rounds=1",
+               "--override=fl.local_steps=1", "--override=partition.min_size=2"]
+  res = subprocess.run(
+      [sys.executable, str(REPO / "launch" / "sweep.py"), "--config=configs/comm.py",
+       "--presets=none,q8", f"--workdir={tmp_path / 'sweep'}", *overrides],
+      capture_output=True, text=True, cwd=REPO, timeout=600,
+  )
+  assert res.returncode == 0, res.stderr[-2000:]
+  rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+  assert [r["preset"] for r in rows] == ["none", "q8"]
+  assert rows[1]["total_bytes_up"] < rows[0]["total_bytes_up"] / 3  # 8 bits vs 32
+  assert "| preset |" in res.stdout

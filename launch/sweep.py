@@ -1,0 +1,67 @@
+"""Runs one config file over several presets and tabulates their summaries.
+
+  python launch/sweep.py --config=configs/comm.py --presets=none,q8,topk_ef --workdir=runs/comm \
+      [--override=fl.rounds=10 ...] [--columns=test.accuracy,total_bytes_up]
+
+Each preset runs ``launch/main.py --config=FILE:PRESET --workdir=WORKDIR/PRESET`` in its own
+process (so a finished preset is kept and a rerun resumes or skips it), then
+``WORKDIR/sweep.json`` and a markdown table collect the chosen summary fields.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_COLUMNS = ("test.accuracy,test.auc,rounds_completed,rounds_to_target,"
+                   "bytes_up_to_target,total_bytes_up,wall_time_s")
+
+
+def field(summary: dict, path: str):
+  node = summary
+  for part in path.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", required=True, help="configs/<file>.py taking a preset argument")
+  p.add_argument("--presets", required=True, help="comma list of presets")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--override", action="append", default=[], help="KEY=VALUE for every run")
+  p.add_argument("--columns", default=DEFAULT_COLUMNS)
+  args = p.parse_args(argv)
+  rows = []
+  for preset in args.presets.split(","):
+    workdir = os.path.join(args.workdir, preset)
+    if not os.path.exists(os.path.join(workdir, "summary.json")):
+      cmd = [sys.executable, os.path.join(ROOT, "launch", "main.py"),
+             f"--config={args.config}:{preset}", f"--workdir={workdir}",
+             "--config.log.progress=lines"] + [f"--config.{o}" for o in args.override]
+      print("$", " ".join(cmd), flush=True)
+      rc = subprocess.run(cmd).returncode
+      if rc != 0:
+        print(f"error: preset {preset!r} failed with exit code {rc}", file=sys.stderr)
+        return rc
+    with open(os.path.join(workdir, "summary.json")) as f:
+      summary = json.load(f)
+    rows.append({"preset": preset, **{c: field(summary, c) for c in args.columns.split(",")}})
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, "sweep.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  cols = ["preset"] + args.columns.split(",")
+  print("| " + " | ".join(cols) + " |")
+  print("|" + "---|" * len(cols))
+  for r in rows:
+    cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+    print("| " + " | ".join(cells) + " |")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
