@@ -5,7 +5,9 @@
 
 Each preset runs ``launch/main.py --config=FILE:PRESET --workdir=WORKDIR/PRESET`` in its own
 process (so a finished preset is kept and a rerun resumes or skips it), then
-``WORKDIR/sweep.json`` and a markdown table collect the chosen summary fields.
+``WORKDIR/sweep.json`` and a markdown table collect the chosen summary fields. A
+failed preset (e.g. a diverged run, exit code 1) is reported and the sweep goes
+on; the sweep then exits with 1.
 """
 
 import argparse
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
   p.add_argument("--override", action="append", default=[], help="KEY=VALUE for every run")
   p.add_argument("--columns", default=DEFAULT_COLUMNS)
   args = p.parse_args(argv)
-  rows = []
+  rows, failed = [], []
   for preset in args.presets.split(","):
     workdir = os.path.join(args.workdir, preset)
     if not os.path.exists(os.path.join(workdir, "summary.json")):
@@ -45,9 +47,11 @@ def main(argv=None) -> int:
              "--config.log.progress=lines"] + [f"--config.{o}" for o in args.override]
       print("$", " ".join(cmd), flush=True)
       rc = subprocess.run(cmd).returncode
-      if rc != 0:
+      if rc != 0:  # keep going: one diverged preset should not hide the others
         print(f"error: preset {preset!r} failed with exit code {rc}", file=sys.stderr)
-        return rc
+        failed.append(preset)
+        rows.append({"preset": preset, "failed": f"exit code {rc}"})
+        continue
     with open(os.path.join(workdir, "summary.json")) as f:
       summary = json.load(f)
     rows.append({"preset": preset, **{c: field(summary, c) for c in args.columns.split(",")}})
@@ -58,9 +62,12 @@ def main(argv=None) -> int:
   print("| " + " | ".join(cols) + " |")
   print("|" + "---|" * len(cols))
   for r in rows:
+    if "failed" in r:
+      print(f"| {r['preset']} | failed: {r['failed']} |")
+      continue
     cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
     print("| " + " | ".join(cells) + " |")
-  return 0
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":
