@@ -47,7 +47,4 @@ def get_config(name: str = "fedavg"):
   c.fl.client_lr = 0.1
   c.eval.every = 10
   c.ckpt.every = 10
-  for key, value in PRESETS[name].items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
+  return base.apply(c, PRESETS[name])

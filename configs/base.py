@@ -94,3 +94,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.log = ml_collections.ConfigDict()
   c.log.progress = "auto"  # auto (bar on a terminal) | bar | lines | none
   return c
+
+
+def apply(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys (``{"fl.rounds": 5}``) on ``config``; an unknown key is an error."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    if leaf not in node:
+      raise KeyError(f"unknown config key {key!r}")
+    node[leaf] = value
+  return config

@@ -11,7 +11,7 @@ entries). ``summary.json`` has ``total_bytes_up`` and ``bytes_up_to_target``
 (test accuracy >= ``comm.target_accuracy``).
 """
 
-from configs import quickstart
+from configs import base, quickstart
 
 PRESETS = {
     "none": {},
@@ -31,7 +31,4 @@ def get_config(name: str = "none"):
     raise ValueError(f"unknown comm preset {name!r}; choose one of {sorted(PRESETS)}")
   c = quickstart.get_config()
   c.comm.target_accuracy = 0.8
-  for key, value in PRESETS[name].items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
+  return base.apply(c, PRESETS[name])

@@ -40,13 +40,7 @@ def small_config(data_root, **overrides):
   c.eval.batch_size = 32
   c.ckpt.every = 2
   c.log.progress = "none"
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return base.apply(c, overrides)
 
 
 def test_outputs_and_learning(data_root, tmp_path):

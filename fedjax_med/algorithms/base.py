@@ -4,6 +4,7 @@ the averaging round skeleton, the server update and the round metrics."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import optax
 
 from fedjax_med import compression, types
 from fedjax_med.algorithms import aggregate, client_store, local
+from fedjax_med.types import PyTree
 
 
 def init_server_state(
@@ -78,6 +80,47 @@ def round_metrics(res: local.ClientsResult, pseudo_grad) -> types.RoundMetrics:
     update_norm=res.update_norm,
     pseudo_grad_norm=aggregate.tree_norm(pseudo_grad),
   )
+
+
+class StatefulClients(NamedTuple):
+  clients: local.ClientsResult  # as map_clients; ``extra`` = the clients' new state rows
+  old_rows: PyTree  # the sampled clients' state rows before the round [C, ...]
+  store: PyTree  # the store with the real clients' new rows written back
+  change_sum: PyTree  # sum over real clients of (new row - old row)
+
+
+def map_stateful_clients(
+    client_fn,
+    state,
+    clients: types.ClientBatch,
+    store,
+    *,
+    chunk_size: int | None = None,
+    compressor: compression.Compressor | None = None,
+) -> StatefulClients:
+  """``map_clients`` for algorithms with per-client state kept in ``store`` [N, ...].
+
+  Gathers the sampled clients' rows, runs ``client_fn(server_params, (data_c,
+  row_c), key_c) -> (LocalResult, new_row_c)`` on every client, and scatters the
+  new rows of real (weight > 0) clients back.
+  """
+  old = client_store.gather(store, clients.client_id)
+  res = local.map_clients(
+      client_fn,
+      state.params,
+      (local.client_data(clients), old),
+      clients.weight,
+      round_keys(state, clients.weight.shape[0]),
+      chunk_size=chunk_size,
+      compressor=compressor,
+      residual=comm_rows(state, clients),
+  )
+  valid = clients.weight > 0
+  change = aggregate.weighted_sum(
+      jax.tree.map(jnp.subtract, res.extra, old), valid.astype(jnp.float32)
+  )
+  new_store = client_store.scatter(store, clients.client_id, res.extra, valid)
+  return StatefulClients(res, old, new_store, change)
 
 
 def averaging_algorithm(

@@ -89,20 +89,11 @@ def fedbn(
       new_leaves, _, _ = split(res.params)
       return res, tuple(new_leaves[i] for i in idx)
 
-    own = client_store.gather(state.local_norms, clients.client_id)
-    res = local.map_clients(
-      client_fn,
-      state.params,
-      (local.client_data(clients), own),
-      clients.weight,
-      base.round_keys(state, clients.weight.shape[0]),
-      chunk_size=client_chunk_size,
+    out = base.map_stateful_clients(
+      client_fn, state, clients, state.local_norms, chunk_size=client_chunk_size,
       compressor=compressor,
-      residual=base.comm_rows(state, clients),
     )
-    store = client_store.scatter(
-      state.local_norms, clients.client_id, res.extra, clients.weight > 0
-    )
+    res, store = out.clients, out.store
     pseudo_grad = base.mean_delta(res)
     params, opt_state = base.server_update(
       server_optimizer, state.params, state.opt_state, pseudo_grad

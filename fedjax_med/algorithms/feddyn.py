@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import compression, types
-from fedjax_med.algorithms import aggregate, base, client_store, local
+from fedjax_med.algorithms import base, client_store, local
 
 
 class FedDynState(NamedTuple):
@@ -80,25 +80,15 @@ def feddyn(
       new_g_i = jax.tree.map(lambda gi, w, ws: gi - alpha * (w - ws), g_i, res.params, w_server)
       return res, new_g_i
 
-    old = client_store.gather(state.client_grads, clients.client_id)
-    res = local.map_clients(
-      client_fn,
-      state.params,
-      (local.client_data(clients), old),
-      clients.weight,
-      base.round_keys(state, clients.weight.shape[0]),
-      chunk_size=client_chunk_size,
+    out = base.map_stateful_clients(
+      client_fn, state, clients, state.client_grads, chunk_size=client_chunk_size,
       compressor=compressor,
-      residual=base.comm_rows(state, clients),
     )
-    valid = clients.weight > 0
+    res, store = out.clients, out.store
     # g_i_new - g_i_old = -alpha (w_i - w_server), so the paper's
     # h <- h - alpha/N sum_i (w_i - w_server) is h + (1/N) sum_i (g_i_new - g_i_old).
-    change = aggregate.weighted_sum(
-      jax.tree.map(jnp.subtract, res.extra, old), valid.astype(jnp.float32)
-    )
+    change = out.change_sum
     h = jax.tree.map(lambda hh, ch: hh + ch / num_clients, state.h, change)
-    store = client_store.scatter(state.client_grads, clients.client_id, res.extra, valid)
     pseudo_grad = jax.tree.map(lambda d, hh: d + hh / alpha, base.mean_delta(res), h)
     params, opt_state = base.server_update(
       server_optimizer, state.params, state.opt_state, pseudo_grad

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import compression, types
-from fedjax_med.algorithms import aggregate, base, client_store, local
+from fedjax_med.algorithms import base, client_store, local
 
 
 class ScaffoldState(NamedTuple):
@@ -85,25 +85,12 @@ def scaffold(
       new_c_i = jax.tree.map(lambda n, o: jnp.where(res.steps > 0, n, o), new_c_i, c_i)
       return res, new_c_i
 
-    old_c_i = client_store.gather(state.client_controls, clients.client_id)
-    res = local.map_clients(
-      client_fn,
-      state.params,
-      (local.client_data(clients), old_c_i),
-      clients.weight,
-      base.round_keys(state, clients.weight.shape[0]),
-      chunk_size=client_chunk_size,
+    out = base.map_stateful_clients(
+      client_fn, state, clients, state.client_controls, chunk_size=client_chunk_size,
       compressor=compressor,
-      residual=base.comm_rows(state, clients),
     )
-    valid = clients.weight > 0
-    delta_c = jax.tree.map(jnp.subtract, res.extra, old_c_i)
-    control = jax.tree.map(
-      lambda cc, d: cc + d / num_clients,
-      c,
-      aggregate.weighted_sum(delta_c, valid.astype(jnp.float32)),
-    )
-    store = client_store.scatter(state.client_controls, clients.client_id, res.extra, valid)
+    res, store = out.clients, out.store
+    control = jax.tree.map(lambda cc, d: cc + d / num_clients, c, out.change_sum)
     pseudo_grad = base.mean_delta(res)
     params, opt_state = base.server_update(
       server_optimizer, state.params, state.opt_state, pseudo_grad

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from fedjax_med import types

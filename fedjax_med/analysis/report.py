@@ -1,9 +1,11 @@
-"""All sharpness metrics of a model at once, each metric compiled once and timed.
+"""Model-level reports: every sharpness metric at once, and a landscape scan of one or two runs.
 
-``make_sharpness_fn(model, options)`` returns ``fn(variables, images, labels,
-key) -> dict`` for the analysis CLI and for periodic use during training. The
-data are jit arguments (see ``objective``), so one compiled function serves
-every checkpoint of a run.
+These glue a flax model and an evaluation subset (``objective``) to the pure
+tools (``lanczos``, ``trace``, ``sharpness``, ``landscape``, ``drift``), with
+the data passed as jit arguments. ``make_sharpness_fn(model, options)`` returns
+``fn(variables, images, labels, key) -> dict`` whose metrics are each compiled
+once, so the same function serves the analysis CLI, every checkpoint of a run,
+and periodic use during training.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fedjax_med.analysis import lanczos, objective, sharpness, trace
+from fedjax_med import types
+from fedjax_med.analysis import drift, lanczos, landscape, objective, sharpness, trace
 
 
 class SharpnessOptions(NamedTuple):
@@ -24,6 +27,7 @@ class SharpnessOptions(NamedTuple):
 
   batch_size: int = 250  # examples per lax.map step of the loss
   lanczos_iters: int = 20  # Lanczos order for lambda_max / top-k (0: off)
+  lanczos_tol: float = 0.0  # > 0: stop once lambda_max changes by <= tol (relative) in a step
   top_k: int = 5
   probes: int = 100  # Hutchinson probes (0: off)
   probe_batch_size: int = 1
@@ -52,7 +56,7 @@ def _metric(model: nn.Module, batch_size: int, fn) -> Callable:
 def make_sharpness_fn(model: nn.Module, options: SharpnessOptions = SharpnessOptions()):
   """Builds ``fn(variables, images, labels, key) -> dict`` of JSON-ready metrics.
 
-  The dict has ``loss``, ``lambda_max``, ``top_eigenvalues``, ``trace``,
+  The dict has ``loss``, ``lambda_max``, ``top_eigenvalues``, ``lanczos_steps``, ``trace``,
   ``trace_stderr``, ``eps_sharpness`` (Keskar's percentage) and
   ``eps_sharpness_abs``, ``m_sharpness`` (absolute, as in Foret et al.) and
   ``m_sharpness_rel``, optionally ``density`` (``grid``, ``density``), plus
@@ -62,9 +66,12 @@ def make_sharpness_fn(model: nn.Module, options: SharpnessOptions = SharpnessOpt
   bs = o.batch_size
   metrics = {"loss": _metric(model, bs, lambda f, p, k, *_: f(p))}
   if o.lanczos_iters:
-    metrics["lanczos"] = _metric(
-        model, bs, lambda f, p, k, *_: lanczos.top_eigenvalues(f, p, k, o.lanczos_iters, o.top_k)
-    )
+
+    def top(f, p, k, *_):
+      result, _ = lanczos.hessian_lanczos(f, p, k, o.lanczos_iters, o.lanczos_tol)
+      return lanczos.ritz(result)[0][::-1][: o.top_k], result.num_steps
+
+    metrics["lanczos"] = _metric(model, bs, top)
   if o.probes:
     metrics["trace"] = _metric(
         model, bs, lambda f, p, k, *_: trace.hutchinson(f, p, k, o.probes, o.probe_batch_size)[:2]
@@ -113,8 +120,8 @@ def _to_json(name: str, value) -> dict:
   if name == "loss":
     return {"loss": float(value)}
   if name == "lanczos":
-    top = [float(v) for v in np.asarray(value)]
-    return {"lambda_max": top[0], "top_eigenvalues": top}
+    top = [float(v) for v in np.asarray(value[0]) if np.isfinite(v)]
+    return {"lambda_max": top[0], "top_eigenvalues": top, "lanczos_steps": int(value[1])}
   if name == "trace":
     return {"trace": float(value[0]), "trace_stderr": float(value[1])}
   if name == "eps_sharpness":
@@ -126,3 +133,123 @@ def _to_json(name: str, value) -> dict:
     return {"density": {"grid": np.asarray(grid).tolist(), "density": np.asarray(dens).tolist()}}
   raise ValueError(name)
 
+
+
+def grid_points(num: int, span: float) -> np.ndarray:
+  """``num`` evenly spaced points in [-span, span]; the middle one is exactly 0 for odd ``num``."""
+  if num < 2:
+    return np.zeros((1,), np.float32)
+  half = (num - 1) / 2
+  return ((np.arange(num) - half) / half * span).astype(np.float32)
+
+
+def interpolation_points(num: int, margin: float) -> np.ndarray:
+  """``t`` from 0 to 1 in ``num`` steps (endpoints exact), extended by ``margin`` on each side."""
+  step = 1.0 / max(num - 1, 1)
+  extra = int(round(margin / step))
+  return (np.arange(-extra, num + extra) * step).astype(np.float32)
+
+
+def _variables_loss(model, images, labels, batch_size):
+  """Loss of a full variables dict (model state included: interpolation moves BN statistics too)."""
+
+  def loss(variables):
+    params, state = objective.split_variables(variables)
+    return objective.eval_loss_fn(model, images, labels, batch_size, model_state=state)(params)
+
+  return loss
+
+
+def landscape_report(
+    model: nn.Module,
+    variables: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    key: types.PRNGKey,
+    *,
+    other: dict | None = None,
+    trajectory: dict | None = None,
+    grid: int = 21,
+    span: float = 1.0,
+    surface: bool = True,
+    interp_points: int = 21,
+    interp_margin: float = 0.25,
+    batch_size: int = 250,
+    points_per_batch: int = 1,
+) -> dict:
+  """Loss along filter-normalized directions of ``variables``, and paths to other models.
+
+  Args:
+    model: the flax module.
+    variables: model A's variables (the origin of the slices).
+    images: ``[N, H, W, ch]`` evaluation subset.
+    labels: ``[N]``.
+    key: PRNG key of the two random directions.
+    other: model B's variables: adds the interpolation A -> B and their distance.
+    trajectory: variables with leaves stacked ``[K, ...]`` (checkpoints in
+      order, K >= 2): adds the loss along the piecewise-linear path.
+    grid: points per axis of the 1D curves and the 2D surface.
+    span: the slices cover ``[-span, span]`` filter-normalized units.
+    surface: also compute the ``grid x grid`` surface.
+    interp_points: points from A (t = 0) to B (t = 1).
+    interp_margin: extrapolation beyond both ends, in units of t.
+    batch_size: examples per ``lax.map`` step of the loss.
+    points_per_batch: grid points vmapped together.
+
+  Returns:
+    A JSON-ready dict (``loss``, ``alphas``, ``line_1``, ``line_2``, maybe
+    ``surface``, ``interpolation``, ``distance``, ``trajectory``, ``seconds``).
+  """
+  params, model_state = objective.split_variables(variables)
+  k1, k2 = jax.random.split(key)
+  alphas = grid_points(grid, span)
+  ppb = points_per_batch
+
+  @jax.jit
+  def slices(params, model_state, images, labels):
+    loss_fn = objective.eval_loss_fn(model, images, labels, batch_size, model_state=model_state)
+    d1 = landscape.filter_normalized_direction(k1, params)
+    d2 = landscape.filter_normalized_direction(k2, params)
+    out = {
+        "loss": loss_fn(params),
+        "line_1": landscape.loss_line(loss_fn, params, d1, alphas, ppb),
+        "line_2": landscape.loss_line(loss_fn, params, d2, alphas, ppb),
+    }
+    if surface:
+      out["surface"] = landscape.loss_surface(loss_fn, params, d1, d2, alphas, alphas, ppb)
+    return out
+
+  seconds = {}
+  t = time.perf_counter()
+  result = {k: np.asarray(v).tolist() for k, v in
+            jax.device_get(slices(params, model_state, images, labels)).items()}
+  seconds["slices"] = time.perf_counter() - t
+  result["alphas"] = alphas.tolist()
+  if other is not None:
+    ts = interpolation_points(interp_points, interp_margin)
+
+    @jax.jit
+    def interpolate(a, b, images, labels):
+      loss = _variables_loss(model, images, labels, batch_size)
+      return landscape.interpolation_losses(loss, a, b, ts, ppb)
+
+    t = time.perf_counter()
+    losses = jax.device_get(interpolate(variables, other, images, labels))
+    seconds["interpolation"] = time.perf_counter() - t
+    result["interpolation"] = {"t": ts.tolist(), "loss": np.asarray(losses).tolist()}
+    dist = jax.device_get(drift.solution_distance(params, other["params"]))
+    result["distance"] = {k: float(v) for k, v in dist.items()}
+  if trajectory is not None:
+
+    @jax.jit
+    def path(stacked, images, labels):
+      loss = _variables_loss(model, images, labels, batch_size)
+      return landscape.path_losses(loss, stacked, points_per_segment=5, points_per_batch=ppb)
+
+    t = time.perf_counter()
+    positions, losses = jax.device_get(path(trajectory, images, labels))
+    seconds["trajectory"] = time.perf_counter() - t
+    result["trajectory"] = {"position": np.asarray(positions).tolist(),
+                            "loss": np.asarray(losses).tolist()}
+  result["seconds"] = seconds
+  return result
