@@ -151,8 +151,9 @@ def _plot(result: dict, out_dir: str) -> list[str]:
   if "trajectory" in result:
     tr = result["trajectory"]
     written.append(plots.curves(join("trajectory.png"), {"path": (tr["position"], tr["loss"])},
-                                f"checkpoint (rounds {tr['rounds']})", title="loss along training",
-                                marks=range(len(tr["rounds"]))))
+                                "round (checkpoints joined linearly)", title="loss along training",
+                                marks=range(len(tr["rounds"])),
+                                tick_labels=[str(r) for r in tr["rounds"]]))
   if "density" in result:
     written.append(plots.density(join("density.png"),
                                  {k: (d["grid"], d["density"]) for k, d in result["density"].items()},

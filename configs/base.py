@@ -91,6 +91,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.ckpt.every = 10  # rounds between checkpoints (and always at the end)
   c.ckpt.keep = 2
 
+  # Sharpness logged to metrics.jsonl ("split": "analysis") every N rounds; see README "Analysis".
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.every = 0  # 0 = off
+  c.analysis.examples = 500  # fixed, seeded subset of analysis.split (eval mode)
+  c.analysis.split = "train"
+  c.analysis.batch_size = 250
+  c.analysis.lanczos_iters = 20  # lambda_max (0 = off)
+  c.analysis.lanczos_tol = 1e-3  # stop Lanczos early once lambda_max is stable (0 = never)
+  c.analysis.probes = 20  # Hutchinson trace probes (0 = off)
+  c.analysis.eps = 1e-3  # Keskar epsilon-sharpness (0 = off)
+  c.analysis.m = 0  # m-sharpness batch size (0 = off)
+  c.analysis.rho = 0.05
+
   c.log = ml_collections.ConfigDict()
   c.log.progress = "auto"  # auto (bar on a terminal) | bar | lines | none
   return c

@@ -94,6 +94,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be in [0, 1]")
   _check(cm.compressor == "none" or config.algorithm.name != "centralized", "comm.compressor",
          cm.compressor, "centralized training sends nothing: use comm.compressor=none")
+  an = config.analysis
+  _check(an.every >= 0, "analysis.every", an.every, "must be >= 0 (0 = off)")
+  if an.every:
+    for key in ("analysis.examples", "analysis.batch_size"):
+      _positive_int(config, key)
+    _check(an.split in ("train", "val", "test"), "analysis.split", an.split,
+           "choose train, val or test")
+    for key in ("lanczos_iters", "probes", "m"):
+      _check(an[key] >= 0, f"analysis.{key}", an[key], "must be >= 0 (0 = off)")
+    for key in ("lanczos_tol", "eps", "rho"):
+      _check(math.isfinite(an[key]) and an[key] >= 0, f"analysis.{key}", an[key], "must be >= 0")
   a = config.algorithm
   for key in ("mu", "rho", "asam_eta", "server_eps", "swa_fraction", "swa_lr_ratio"):
     value = a[key]

@@ -199,6 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   prefetcher = batching.Prefetcher(make_batch, stop=fl.rounds)
   round_fn = sharding.jit_round(alg.round, mesh)
   eval_fn = _make_eval_fn(model)
+  analysis_fn = _make_analysis_fn(config, model, ds)
   progress = _Progress(config.log.progress, fl.rounds, start)
   first_round_s = None
   try:
@@ -231,6 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       if (r + 1) % config.eval.every == 0 or done:
         _evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, r + 1, writer,
                           comm_bytes(r + 1))
+      if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
+        writer.write({"round": r + 1, "split": "analysis", **analysis_fn(state.params, r + 1)})
       if (r + 1) % config.ckpt.every == 0 or done:
         ckpt.save(state)
   finally:
@@ -278,6 +281,22 @@ def _mean_loss(m: types.RoundMetrics) -> float:
   if steps.sum() == 0:
     return 0.0
   return float(np.asarray(m.client_loss).sum() / steps.sum())
+
+
+def _make_analysis_fn(config: ml_collections.ConfigDict, model, ds):
+  """``fn(variables, round) -> dict`` of sharpness metrics (``config.analysis``), or None if off."""
+  a = config.analysis
+  if not a.every:
+    return None
+  # Imported here: only runs that log sharpness pay for it.
+  from fedjax_med.analysis import report, runs
+
+  images, labels = runs.eval_subset(ds, a.split, a.examples, config.seed)
+  options = report.SharpnessOptions(
+      batch_size=a.batch_size, lanczos_iters=a.lanczos_iters, lanczos_tol=a.lanczos_tol, top_k=1,
+      probes=a.probes, eps=a.eps, m=a.m, rho=a.rho,
+  )
+  return report.make_round_metrics_fn(model, images, labels, options, seed=config.seed)
 
 
 def _round_batch(

@@ -207,3 +207,13 @@ def test_compression_bytes_accounting(data_root, tmp_path):
   assert summary["rounds_to_target"] == 2 and summary["bytes_up_to_target"] == 2 * up
   assert up < down / 4  # ~10% of the entries as (value, index) pairs: ~1/5 of the bytes
   assert state.comm is not None
+
+
+def test_periodic_sharpness_logging(data_root, tmp_path):
+  config = small_config(data_root, **{"fl.rounds": 2, "analysis.every": 1,
+                                      "analysis.examples": 16, "analysis.batch_size": 8,
+                                      "analysis.lanczos_iters": 3, "analysis.probes": 2})
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "analysis"]
+  assert [r["round"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r["lambda_max"]) for r in rows)

@@ -20,7 +20,10 @@ MISSING_MESSAGE = (
 
 def available() -> bool:
   """Whether matplotlib can be imported."""
-  return importlib.util.find_spec("matplotlib") is not None
+  try:
+    return importlib.util.find_spec("matplotlib") is not None
+  except (ImportError, ValueError):
+    return False
 
 
 def _pyplot():
@@ -46,14 +49,20 @@ def curves(
     ylabel: str = "loss",
     title: str = "",
     marks: Sequence[float] = (),
+    tick_labels: Sequence[str] = (),
 ) -> str:
-  """One axis with a labelled curve per ``name -> (x, y)``; vertical dotted lines at ``marks``."""
+  """One axis with a labelled curve per ``name -> (x, y)``.
+
+  ``marks``: x positions of vertical dotted lines, labelled ``tick_labels`` if given.
+  """
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5, 3.6))
   for name, (x, y) in lines.items():
     ax.plot(x, y, label=name)
   for m in marks:
     ax.axvline(m, color="gray", linestyle=":", linewidth=0.8)
+  if tick_labels:
+    ax.set_xticks(list(marks), list(tick_labels))
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   if len(lines) > 1:
     ax.legend()
@@ -90,8 +99,9 @@ def density(
   """Hessian eigenvalue densities on a log scale (as Ghorbani et al. plot them)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(5, 3.6))
-  for name, (grid, dens) in densities.items():
-    ax.semilogy(grid, np.maximum(np.asarray(dens), 1e-12), label=name)
+  peak = max(float(np.max(d)) for _, d in densities.values())
+  for name, (grid, dens) in densities.items():  # floor at 1e-7 of the peak: Gaussian tails
+    ax.semilogy(grid, np.maximum(np.asarray(dens), 1e-7 * peak), label=name)
   ax.set(xlabel="eigenvalue", ylabel="density", title=title)
   if len(densities) > 1:
     ax.legend()

@@ -116,6 +116,29 @@ def make_sharpness_fn(model: nn.Module, options: SharpnessOptions = SharpnessOpt
   return fn
 
 
+def make_round_metrics_fn(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    options: SharpnessOptions = SharpnessOptions(),
+    seed: int = 0,
+) -> Callable[[dict, int], dict]:
+  """``fn(variables, round_idx) -> dict`` for periodic logging during training.
+
+  The subset is fixed; the probe key is ``fold_in(PRNGKey(seed), round_idx)``,
+  so the record of a round is the same after a resume. Timings are left out
+  for the same reason. ``variables`` may be sharded: they are gathered to the host first.
+  """
+  fn = make_sharpness_fn(model, options)
+  key = jax.random.PRNGKey(seed)
+
+  def compute(variables: dict, round_idx: int) -> dict:
+    out = fn(jax.device_get(variables), images, labels, jax.random.fold_in(key, round_idx))
+    out.pop("seconds")
+    return out
+
+  return compute
+
 def _to_json(name: str, value) -> dict:
   if name == "loss":
     return {"loss": float(value)}

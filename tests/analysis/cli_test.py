@@ -8,7 +8,8 @@ import pytest
 
 from configs import base
 from fedjax_med import train
-from fedjax_med.analysis import plots
+from fedjax_med.analysis import plots, report
+from fedjax_med.analysis import runs as runs_lib
 from fedjax_med.data import synthetic
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,15 +74,15 @@ def test_sharpness_cli_writes_json(runs, capsys):
   assert "lambda_max=" in capsys.readouterr().out
 
 
-def test_landscape_cli_two_runs_and_trajectory(runs, capsys, monkeypatch):
+def test_landscape_cli_two_runs_and_trajectory(runs, capsys):
   cli = _load_cli("landscape")
   args = [f"--workdirs={runs[0]},{runs[1]}", "--examples=24", "--batch_size=24", "--grid=3",
           "--interp_points=3", "--interp_margin=0.5", "--trajectory", "--density_order=3",
           "--density_runs=1"]
-  monkeypatch.setattr(plots, "available", lambda: False)
   assert cli.main(args) == 0
-  assert plots.MISSING_MESSAGE in capsys.readouterr().out
-  out = json.load(open(os.path.join(runs[0], "analysis", "landscape.json")))
+  stdout = capsys.readouterr().out
+  out_dir = os.path.join(runs[0], "analysis")
+  out = json.load(open(os.path.join(out_dir, "landscape.json")))
   assert out["alphas"] == [-1.0, 0.0, 1.0]
   assert out["line_1"][1] == pytest.approx(out["loss"], rel=1e-5)
   assert len(out["surface"]) == 3 and out["surface"][1][1] == pytest.approx(out["loss"], rel=1e-5)
@@ -91,17 +92,22 @@ def test_landscape_cli_two_runs_and_trajectory(runs, capsys, monkeypatch):
   assert out["trajectory"]["rounds"] == [1, 2]
   assert out["trajectory"]["loss"][-1] == pytest.approx(out["loss"], rel=1e-5)  # A is round 2
   assert set(out["density"]) == {"A", "B"} and out["distance"]["distance"] > 0
+  if plots.available():
+    for name in ("landscape_1d.png", "landscape_2d.png", "interpolation.png", "trajectory.png",
+                 "density.png"):
+      assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+  else:
+    assert plots.MISSING_MESSAGE in stdout
 
 
-def test_landscape_cli_writes_png_with_matplotlib(runs, tmp_path):
-  pytest.importorskip("matplotlib")
+def test_landscape_cli_without_matplotlib_writes_json_and_says_so(runs, tmp_path, capsys,
+                                                                   monkeypatch):
+  monkeypatch.setattr(plots, "available", lambda: False)
   cli = _load_cli("landscape")
-  assert cli.main([f"--workdirs={runs[0]},{runs[1]}", "--examples=16", "--grid=3",
-                   "--interp_points=2", "--density_order=3", "--density_runs=1",
-                   f"--output_dir={tmp_path}"]) == 0
-  for name in ("landscape.json", "landscape_1d.png", "landscape_2d.png", "interpolation.png",
-               "density.png"):
-    assert os.path.getsize(tmp_path / name) > 0, name
+  assert cli.main([f"--workdirs={runs[0]}", "--examples=8", "--grid=2", "--no_surface",
+                   "--density_order=0", f"--output_dir={tmp_path}"]) == 0
+  assert plots.MISSING_MESSAGE in capsys.readouterr().out
+  assert os.listdir(tmp_path) == ["landscape.json"]
 
 
 @pytest.mark.parametrize("case", ["missing", "no_config", "no_checkpoint", "bad_round"])
@@ -121,3 +127,14 @@ def test_bad_workdir_exits_2_with_one_message(runs, tmp_path, capsys, case):
   assert err.startswith("error: ") and message in err and "Traceback" not in err
   landscape = _load_cli("landscape")
   assert landscape.main([f"--workdirs={workdir}", *extra]) == 2
+
+
+def test_round_metrics_fn_is_deterministic_per_round(runs):
+  run = runs_lib.open_run(runs[0])
+  _, variables = runs_lib.restore(run)
+  images, labels = runs_lib.eval_subset(run.dataset, "train", 16, seed=0)
+  options = report.SharpnessOptions(batch_size=16, lanczos_iters=2, top_k=1, probes=2, eps=0, m=0)
+  fn = report.make_round_metrics_fn(run.model, images, labels, options)
+  first, again = fn(variables, 2), fn(variables, 2)
+  assert first == again and "seconds" not in first
+  assert {"loss", "lambda_max", "trace", "trace_stderr", "lanczos_steps"} <= set(first)
