@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -118,6 +119,51 @@ class _Progress:
       self.bar.close()
 
 
+class Experiment(NamedTuple):
+  """Everything a run is built from, before any output is written."""
+
+  dataset: data.Dataset
+  partition: partition.Partition
+  engine: engine.Engine
+  model: Any  # flax module
+  algorithm: types.FederatedAlgorithm
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates ``config`` and builds data, partition, engine, model and algorithm.
+
+  Raises:
+    ConfigError / DataError: bad input.
+  """
+  config_lib.validate(config)
+  ds = data.load(
+      config.data.name,
+      root=config.data.root or data.default_root(),
+      size=config.data.size,
+      download=config.data.download,
+      verify_md5=config.data.verify_md5,
+  )
+  part = make_partition(config, ds.train.labels)
+  eng = engine.choose(
+      config.fl.clients_per_round,
+      client_chunk_size=config.fl.client_chunk_size,
+      conv_impl=config.model.conv_impl,
+      local_unroll=config.fl.local_unroll,
+  )
+  model = models.get_model(
+      config.model.name, ds.num_classes, conv_impl=eng.conv_impl, norm=config.model.norm
+  )
+  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
+  return Experiment(ds, part, eng, model, builders.make_algorithm(config, loss_fn, eng))
+
+
+def initial_state(exp: Experiment, config: ml_collections.ConfigDict):
+  """The algorithm's state at round 0 (also the template to restore checkpoints into)."""
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = tasks.init_variables(exp.model, init_key, exp.dataset.image_shape)
+  return exp.algorithm.init(params, state_key)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types.ServerState:
   """Trains per ``config``, writing logs and checkpoints to ``workdir``; resumes from it.
 
@@ -126,28 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
     NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
   """
   t_start = time.time()
-  config_lib.validate(config)
-  root = config.data.root or data.default_root()
-  ds = data.load(
-      config.data.name,
-      root=root,
-      size=config.data.size,
-      download=config.data.download,
-      verify_md5=config.data.verify_md5,
-  )
-  part = make_partition(config, ds.train.labels)
+  exp = build(config)
+  ds, part, eng, model, alg = exp
   fl = config.fl
-  eng = engine.choose(
-      fl.clients_per_round,
-      client_chunk_size=fl.client_chunk_size,
-      conv_impl=config.model.conv_impl,
-      local_unroll=fl.local_unroll,
-  )
-  model = models.get_model(
-      config.model.name, ds.num_classes, conv_impl=eng.conv_impl, norm=config.model.norm
-  )
-  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
-  alg = builders.make_algorithm(config, loss_fn, eng)
 
   # Inputs are valid: only now touch the workdir.
   os.makedirs(workdir, exist_ok=True)
@@ -156,9 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       os.path.join(workdir, "partition.json"),
       partition.summarize(part, ds.train.labels, ds.num_classes),
   )
-  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = tasks.init_variables(model, init_key, ds.image_shape)
-  state = alg.init(params, state_key)
+  state = initial_state(exp, config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.keep)
   writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   if ckpt.latest_round() is not None:

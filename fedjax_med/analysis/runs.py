@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fedjax_med import builders, checkpoint, data, engine, errors, models, tasks, types
+from fedjax_med import checkpoint, data, errors, train, types
 
 
 class RunError(errors.UserError):
@@ -75,32 +75,15 @@ def open_run(workdir: str) -> Run:
         "; the run saves them every --config.ckpt.every rounds and at the end."
     )
   try:
-    ds = data.load(
-        config.data.name,
-        root=config.data.root or data.default_root(),
-        size=config.data.size,
-        download=config.data.download,
-        verify_md5=config.data.verify_md5,
-    )
-    fl = config.fl
-    eng = engine.choose(
-        fl.clients_per_round,
-        client_chunk_size=fl.client_chunk_size,
-        conv_impl=config.model.conv_impl,
-        local_unroll=fl.local_unroll,
-    )
-    model = models.get_model(
-        config.model.name, ds.num_classes, conv_impl=eng.conv_impl, norm=config.model.norm
-    )
-    alg = builders.make_algorithm(config, tasks.make_loss_fn(model, config.data.augment), eng)
+    exp = train.build(config)
   except (AttributeError, KeyError) as e:
     raise RunError(
         f"{workdir}/config.json lacks a field this version needs ({e}); was it written by an "
         "older fedjax_med?"
     ) from None
-  # The same keys as train.train_and_evaluate; only shapes and dtypes matter here.
-  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  template = alg.init(tasks.init_variables(model, init_key, ds.image_shape), state_key)
+  ds, model = exp.dataset, exp.model
+  # The same state as train.train_and_evaluate builds; only shapes and dtypes matter here.
+  template = train.initial_state(exp, config)
   return Run(workdir, config, ds, model, template, rounds)
 
 
