@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import optax  # noqa: E402
 import round_speed  # noqa: E402
 
-from fedjax_med import algorithms, models, tasks  # noqa: E402
+from fedjax_med import algorithms, engine, models, tasks  # noqa: E402
 
 
 def build(name: str, loss_fn, num_clients: int, chunk):
@@ -57,13 +57,17 @@ def main(argv=None) -> dict:
   p.add_argument("--k", type=int, default=16, help="clients per round")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--chunk", default="8", help="client chunk ('all' or an int)")
+  p.add_argument("--chunk", default="auto",
+                 help="client chunk: 'auto' (engine's choice for this backend), 'all' or an int")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--quick", action="store_true", help="cnn_tiny, K=4, S=2, B=8, 1 repeat")
   args = p.parse_args(argv)
   if args.quick:
     args.model, args.k, args.steps, args.batch, args.repeats = "cnn_tiny", 4, 2, 8, 1
-  chunk = None if args.chunk == "all" else int(args.chunk)
+  if args.chunk == "auto":
+    chunk = engine.choose(args.k).client_chunk_size
+  else:
+    chunk = None if args.chunk == "all" else int(args.chunk)
   model = models.get_model(args.model, 2)
   bn = getattr(model, "norm", None) == "batch"
   loss_fn = tasks.make_loss_fn(model)
@@ -89,7 +93,7 @@ def main(argv=None) -> dict:
       times[name].append(time.perf_counter() - t)
   ratios = {n: statistics.median(a / b for a, b in zip(times[n], times["fedavg"], strict=True))
             for n in names}
-  print(f"model={args.model} K={args.k} S={args.steps} B={args.batch} chunk={args.chunk} "
+  print(f"model={args.model} K={args.k} S={args.steps} B={args.batch} chunk={chunk or 'all'} "
         f"backend={jax.default_backend()} repeats={args.repeats}")
   print(f"{'algorithm':<12} {'round s':>9} {'vs fedavg':>10} {'compile s':>10}")
   for n in names:
