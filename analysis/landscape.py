@@ -16,16 +16,13 @@ config or checkpoint exits with code 2 and one message.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
-  names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-  p.add_argument(*names, dest=name, **kw)
+from fedjax_med import cli  # noqa: E402
+from fedjax_med.cli import flag as _flag  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,9 +78,7 @@ def _load(args):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  for noisy in ("absl", "jax", "orbax", "orbax.checkpoint", "etils"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  cli.setup_logging()
   import jax
 
   from fedjax_med import errors, metrics

@@ -6,7 +6,6 @@ code 2 and one message; a diverged run exits with code 1 and keeps its last
 good checkpoint.
 """
 
-import logging
 import os
 import sys
 
@@ -50,11 +49,9 @@ def main(argv):
     _fail(f"cannot load --config: {e}", 2)
   if config is None or FLAGS.workdir is None:
     _fail("both --config=configs/<name>.py and --workdir=<dir> are required", 2)
-  from fedjax_med import errors, train  # after flag parsing: keep --help fast
+  from fedjax_med import cli, errors, train  # after flag parsing: keep --help fast
 
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-  for noisy in ("absl", "jax", "orbax", "orbax.checkpoint", "etils"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  cli.setup_logging()
   try:
     train.train_and_evaluate(config, FLAGS.workdir)
   except errors.UserError as e:
