@@ -5,8 +5,10 @@ replicated (``P()``) and every ``ClientBatch`` leaf split on its leading client
 axis (``P('clients')``). XLA inserts the cross-device sum of the weighted
 deltas itself (the aggregation is a multiply + ``sum(axis=0)``). The same code
 serves several hosts: call ``jax.distributed.initialize()`` first (see
-``initialize_distributed``), then ``make_mesh()`` spans every process's devices
-and each process feeds its addressable shard of the clients.
+``initialize_distributed``), then ``make_mesh()`` spans every process's devices;
+the host batch of a round is a pure function of (seed, round), so every process
+builds the same one and ``shard_clients`` (``jax.device_put``) keeps the shards
+of its own devices. Untested here (one machine).
 """
 
 from __future__ import annotations
