@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.partition.quantity_kind = "lognormal"  # for kind=quantity: lognormal | power_law
   c.partition.quantity_sigma = 1.0
   c.partition.power_exponent = 1.5
+  # Simulated site feature skew (fedjax_med/data/site_shift.py): each client's
+  # training images get its own gamma / bias / blur / noise; 0 = off, 1 = strong.
+  c.partition.site_shift = 0.0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "cnn"  # see fedjax_med.models.names()

@@ -84,6 +84,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          config.fl.server_lr_schedule, "choose constant or cosine")
   _check(0 <= config.fl.server_lr_min_ratio <= 1, "fl.server_lr_min_ratio",
          config.fl.server_lr_min_ratio, "must be in [0, 1]")
+  _check(math.isfinite(config.partition.site_shift) and 0 <= config.partition.site_shift <= 10,
+         "partition.site_shift", config.partition.site_shift, "must be in [0, 10] (0 = off)")
   cm = config.comm
   _check(cm.compressor in compression.KINDS, "comm.compressor", cm.compressor,
          f"choose one of {compression.KINDS}")

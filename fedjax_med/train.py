@@ -12,6 +12,7 @@ train round / eval), ``summary.json`` (at the end), ``checkpoints/``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -39,6 +40,7 @@ from fedjax_med import (
   types,
 )
 from fedjax_med import config as config_lib
+from fedjax_med.data import site_shift
 from fedjax_med.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       verify_md5=config.data.verify_md5,
   )
   part = make_partition(config, ds.train.labels)
+  if config.partition.site_shift > 0:  # each client's training images through its "scanner"
+    shifted = site_shift.apply(ds.train.images, part, config.partition.site_shift, config.seed)
+    ds = dataclasses.replace(ds, train=ds.train._replace(images=shifted))
   eng = engine.choose(
       config.fl.clients_per_round,
       client_chunk_size=config.fl.client_chunk_size,

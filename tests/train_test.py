@@ -217,3 +217,13 @@ def test_periodic_sharpness_logging(data_root, tmp_path):
   rows = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "analysis"]
   assert [r["round"] for r in rows] == [1, 2]
   assert all(np.isfinite(r["lambda_max"]) for r in rows)
+
+
+def test_site_feature_skew_run(data_root, tmp_path):
+  config = small_config(data_root, **{"fl.rounds": 2, "partition.site_shift": 1.0})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.round) == 2
+  exp = train.build(config)
+  plain = train.build(small_config(data_root))
+  assert not np.array_equal(exp.dataset.train.images, plain.dataset.train.images)
+  np.testing.assert_array_equal(exp.dataset.test.images, plain.dataset.test.images)
