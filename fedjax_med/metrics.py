@@ -11,6 +11,7 @@ binary tasks, the mean of one-vs-rest AUCs for multi-class ones.
 # the dataclass annotations at runtime.
 import json
 import os
+import tempfile
 
 import flax
 import jax.numpy as jnp
@@ -76,13 +77,27 @@ def to_jsonable(value):
   return value
 
 
-def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to ``path`` via a temporary file and ``os.replace``."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+def write_json_atomic(path, obj) -> None:
+  """Writes ``obj`` as JSON to ``path`` atomically: a synced temporary file, then ``os.replace``.
+
+  A reader (or a crash mid-write) never sees a half-written file; the directory
+  is created if missing and the temporary file is removed on failure.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 class JsonlWriter:

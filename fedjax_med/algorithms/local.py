@@ -172,7 +172,7 @@ def map_clients(
     weight: [C] aggregation weights (0 = padding client).
     keys: [C] client keys.
     chunk_size: clients vectorized together. ``None`` (or >= C) vmaps all
-      clients at once; otherwise ``lax.map`` runs over ceil(C / chunk) chunks
+      clients at once; otherwise ``lax.scan`` runs over ceil(C / chunk) chunks
       (C is padded with zero-weight clients), bounding peak memory by the chunk.
     compressor: if given, each client's delta is compressed (``compression``)
       and the server aggregates what it decodes; the client's key for it is

@@ -15,7 +15,6 @@ from fedjax_med.partition.base import (
     check_labels,
     check_partition,
     summarize,
-    write_summary,
 )
 from fedjax_med.partition.dirichlet import dirichlet
 from fedjax_med.partition.iid import iid
@@ -99,5 +98,4 @@ __all__ = [
     "quantity",
     "shards",
     "summarize",
-    "write_summary",
 ]

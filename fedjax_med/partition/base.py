@@ -9,10 +9,7 @@ nothing imports JAX.
 
 from __future__ import annotations
 
-import json
 import numbers
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -293,29 +290,3 @@ def _stats(x: np.ndarray) -> dict[str, float]:
       "mean": float(x.mean()),
       "std": float(x.std()),
   }
-
-
-def write_summary(path: str | os.PathLike[str], summary: dict[str, Any]) -> None:
-  """Writes ``summary`` as JSON atomically: a temporary file, then ``os.replace``.
-
-  A reader (or a crash mid-write) never sees a half-written file.
-
-  Args:
-    path: the destination file; its directory is created if missing.
-    summary: a JSON-serialisable dict, e.g. from :func:`summarize`.
-  """
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(summary, f, indent=1)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedjax_med import errors, partition
+from fedjax_med import errors, metrics, partition
 
 NUM_CLASSES = 10
 # 10 classes x 100 examples, interleaved so that label order != index order.
@@ -203,11 +203,11 @@ def test_summary_multi_label():
   json.dumps(s)
 
 
-def test_write_summary_is_atomic_json(tmp_path):
+def test_summary_written_as_atomic_json(tmp_path):
   s = partition.summarize(_make("dirichlet", alpha=0.5), LABELS, NUM_CLASSES)
   path = tmp_path / "sub" / "partition.json"
-  partition.write_summary(path, s)
-  partition.write_summary(path, s)  # overwriting is fine
+  metrics.write_json_atomic(path, s)
+  metrics.write_json_atomic(path, s)  # overwriting is fine
   assert json.loads(path.read_text()) == json.loads(json.dumps(s))
   assert [f.name for f in path.parent.iterdir()] == ["partition.json"]  # no temp files left
 
