@@ -29,6 +29,7 @@ from fedjax_med import (
   batching,
   builders,
   checkpoint,
+  client_eval,
   compression,
   data,
   engine,
@@ -63,24 +64,34 @@ def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> par
   )
 
 
-def evaluate(predict_fn, params, split: data.Split, batch_size: int) -> dict:
-  """Loss, accuracy and ROC-AUC of ``params`` on a whole split (fixed-size padded batches)."""
-  n = len(split.labels)
+def predict_probs(predict_fn, params, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Class probabilities [N, classes] of ``params`` on ``images`` (fixed-size padded batches)."""
+  return _predict(predict_fn, params, images, np.zeros(len(images), np.int32), batch_size)[1]
+
+
+def _predict(predict_fn, params, images, labels, batch_size):
+  n = len(labels)
   collected, probs = None, []
   for start in range(0, n, batch_size):
-    images = split.images[start : start + batch_size]
-    labels = split.labels[start : start + batch_size]
-    real = len(labels)
+    x = images[start : start + batch_size]
+    y = labels[start : start + batch_size]
+    real = len(y)
     pad = batch_size - real
     if pad:
-      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros((pad,), y.dtype)])
     mask = np.arange(batch_size) < real
-    batch_metrics, batch_probs = predict_fn(params, *jax.device_put((images, labels, mask)))
+    batch_metrics, batch_probs = predict_fn(params, *jax.device_put((x, y, mask)))
     collected = batch_metrics if collected is None else collected.merge(batch_metrics)
     probs.append(np.asarray(jax.device_get(batch_probs))[:real])
+  return collected, np.concatenate(probs)
+
+
+def evaluate(predict_fn, params, split: data.Split, batch_size: int) -> dict:
+  """Loss, accuracy and ROC-AUC of ``params`` on a whole split (fixed-size padded batches)."""
+  collected, probs = _predict(predict_fn, params, split.images, split.labels, batch_size)
   result = {k: float(v) for k, v in collected.compute().items()}
-  result["auc"] = metrics.auc(np.concatenate(probs), split.labels)
+  result["auc"] = metrics.auc(probs, split.labels)
   return result
 
 
@@ -261,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       done = r + 1 == fl.rounds
       if (r + 1) % config.eval.every == 0 or done:
         _evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, r + 1, writer,
-                          comm_bytes(r + 1))
+                          {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
       if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
         writer.write({"round": r + 1, "split": "analysis", **analysis_fn(state.params, r + 1)})
       if (r + 1) % config.ckpt.every == 0 or done:
@@ -278,6 +289,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       last = [_evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, fl.rounds,
                                 None)[split]]
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
+  clients = None
+  if config.algorithm.name != "centralized":
+    clients = client_eval.summarize(client_eval.client_accuracies(
+        lambda x: predict_probs(eval_fn, state.params, x, config.eval.batch_size),
+        ds.test.images, ds.test.labels, part, ds.train.labels, ds.num_classes,
+        site_shift_strength=config.partition.site_shift, seed=config.seed,
+    ))
   target = config.comm.target_accuracy
   reached = [x["round"] for x in records if x["split"] == "test" and x["accuracy"] >= target]
   summary = {
@@ -299,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       "rounds_to_target": reached[0] if reached else None,
       "bytes_up_to_target": comm_bytes(reached[0])["bytes_up"] if reached else None,
       **final,
+      "clients": clients,
   }
   metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   ckpt.close()

@@ -1,4 +1,14 @@
-"""Runs one config file over several presets and tabulates their summaries.
+"""Runs a study grid (resumable), or one config file over several presets.
+
+Studies (configs/studies/*.py, see fedjax_med/sweep.py):
+
+  python launch/sweep.py --study=configs/studies/heterogeneity.py:cpu [--jobs=2] \
+      [--workdir=runs/studies/heterogeneity/cpu] [--only=REGEX] [--dry_run]
+
+runs every incomplete run of the grid, each in its own workdir (finished runs
+are skipped, interrupted ones resume), then the study's post steps, and writes
+``WORKDIR/sweep.json``; ``python analysis/report.py --study=...`` then makes the
+report. Presets of one config file:
 
   python launch/sweep.py --config=configs/comm.py --presets=none,q8,topk_ef --workdir=runs/comm \
       [--override=fl.rounds=10 ...] [--columns=test.accuracy,total_bytes_up]
@@ -32,12 +42,20 @@ def field(summary: dict, path: str):
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--config", required=True, help="configs/<file>.py taking a preset argument")
-  p.add_argument("--presets", required=True, help="comma list of presets")
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--override", action="append", default=[], help="KEY=VALUE for every run")
+  p.add_argument("--study", default="", help="configs/studies/<name>.py:<preset>")
+  p.add_argument("--jobs", type=int, default=1, help="runs at once (study mode)")
+  p.add_argument("--only", default="", help="study mode: only runs whose name matches REGEX")
+  p.add_argument("--dry_run", action="store_true", help="study mode: print the commands only")
+  p.add_argument("--config", help="configs/<file>.py taking a preset argument")
+  p.add_argument("--presets", help="comma list of presets")
+  p.add_argument("--workdir", default="")
+  p.add_argument("--override", action="append", default=[], help="KEY=VALUE for every run (study mode: after the grid's own; for smoke tests)")
   p.add_argument("--columns", default=DEFAULT_COLUMNS)
   args = p.parse_args(argv)
+  if args.study:
+    return run_study(args)
+  if not (args.config and args.presets and args.workdir):
+    p.error("give --study=FILE:PRESET, or --config, --presets and --workdir")
   rows, failed = [], []
   for preset in args.presets.split(","):
     workdir = os.path.join(args.workdir, preset)
@@ -68,6 +86,31 @@ def main(argv=None) -> int:
     cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
     print("| " + " | ".join(cells) + " |")
   return 1 if failed else 0
+
+
+def run_study(args) -> int:
+  sys.path.insert(0, ROOT)
+  from fedjax_med import sweep
+
+  try:
+    study = sweep.load_study(args.study)
+    sweep.expand(study)
+  except (OSError, ValueError, KeyError) as e:
+    print(f"error: cannot load --study={args.study}: {e}", file=sys.stderr)
+    return 2
+  workdir = args.workdir or os.path.join("runs", "studies", study.name, study.preset)
+  extra = dict(o.split("=", 1) for o in args.override)
+  manifest = sweep.run_all(study, workdir, jobs=args.jobs, dry_run=args.dry_run, only=args.only,
+                           extra=extra)
+  if args.dry_run:
+    return 0
+  bad = sweep.failed(manifest)
+  print(f"wrote {os.path.join(workdir, 'sweep.json')}; report: python analysis/report.py "
+        f"--study={args.study} --workdir={workdir}")
+  if bad:
+    print(f"error: {len(bad)} failed: {', '.join(bad)} (see {workdir}/logs/)", file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":

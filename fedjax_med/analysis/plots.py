@@ -106,3 +106,79 @@ def density(
   if len(densities) > 1:
     ax.legend()
   return _save(plt, fig, path)
+
+
+def panels(
+    path: str,
+    panel_lines: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]]],
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+) -> str:
+  """Side-by-side axes (one per panel) of mean curves with a shaded band (``name -> (x, y, ci)``)."""
+  plt = _pyplot()
+  n = max(1, len(panel_lines))
+  fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), squeeze=False)
+  for ax, (title, lines) in zip(axes[0], panel_lines.items(), strict=False):
+    for name, (x, y, ci) in lines.items():
+      x, y, ci = (np.asarray(v, np.float64) for v in (x, y, ci))
+      (line,) = ax.plot(x, y, label=name, marker=".", markersize=3)
+      ok = np.isfinite(ci)
+      if ok.any():
+        ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=line.get_color(), alpha=0.15)
+    if logx:
+      ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  return _save(plt, fig, path)
+
+
+def grouped_bars(
+    path: str,
+    metrics: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]],
+    xlabel: str,
+) -> str:
+  """One axis per metric; bars ``metric -> group -> x label -> (mean, ci)`` with error bars."""
+  plt = _pyplot()
+  n = max(1, len(metrics))
+  fig, axes = plt.subplots(1, n, figsize=(max(4.5, 1.2 + 0.9 * _width(metrics)) * n ** 0.5 + 2 * n,
+                                           3.8), squeeze=False)
+  for ax, (metric, groups) in zip(axes[0], metrics.items(), strict=False):
+    xs = list(dict.fromkeys(x for g in groups.values() for x in g))
+    width = 0.8 / max(1, len(groups))
+    for i, (group, values) in enumerate(groups.items()):
+      pos = [xs.index(x) + (i - (len(groups) - 1) / 2) * width for x in values]
+      mean = [v[0] for v in values.values()]
+      ci = [v[1] if np.isfinite(v[1]) else 0.0 for v in values.values()]
+      ax.bar(pos, mean, width, yerr=ci, capsize=2, label=group)
+    ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=7)
+    ax.set(xlabel=xlabel, title=metric)
+    ax.grid(axis="y", alpha=0.3)
+    if len(groups) > 1:
+      ax.legend(fontsize=7)
+  return _save(plt, fig, path)
+
+
+def _width(metrics) -> int:
+  return max((len(g) for groups in metrics.values() for g in groups.values()), default=1)
+
+
+def heatmap(
+    path: str, rows: Sequence[str], cols: Sequence[str], values: np.ndarray, title: str = "",
+    fmt: str = "{:.3f}",
+) -> str:
+  """A labelled heat map of ``values[len(rows), len(cols)]`` (NaN = missing) with the numbers."""
+  plt = _pyplot()
+  values = np.asarray(values, np.float64)
+  fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(cols), 1.0 + 0.5 * len(rows)))
+  im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+  ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right")
+  ax.set_yticks(range(len(rows)), rows)
+  for i in range(len(rows)):
+    for j in range(len(cols)):
+      if np.isfinite(values[i, j]):
+        ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", color="w", fontsize=8)
+  fig.colorbar(im, ax=ax)
+  ax.set_title(title)
+  return _save(plt, fig, path)

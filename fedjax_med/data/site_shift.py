@@ -10,8 +10,9 @@ profile and renders its training images through it, once, before training:
 - noise: Gaussian with std ``|N(0, 0.05 s)|`` per client, fresh per pixel.
 
 ``s = strength`` (0 = no shift, 1 = strong). Pure numpy and seeded by
-``(seed, client)``; test images stay unshifted (the global model is evaluated
-on the pooled, unshifted test split).
+``(seed, client)``; the test split stays unshifted (the global model is evaluated
+on the pooled, unshifted test split), and ``render`` shows a client's view of
+any images (used for per-client test accuracy, ``fedjax_med/client_eval.py``).
 """
 
 from __future__ import annotations
@@ -55,10 +56,16 @@ def apply(images: np.ndarray, partition: Partition, strength: float, seed: int) 
     idx = partition.client(c)
     if len(idx) == 0:
       continue
-    x = images[idx].astype(np.float32) / 255.0
-    x = (1 - prof["blur"][c]) * x + prof["blur"][c] * _box_blur(x)
-    x = np.power(np.clip(x, 0.0, 1.0), prof["gamma"][c]) + prof["bias"][c]
-    noise_rng = np.random.default_rng([seed, 104729, c])
-    x = x + noise_rng.normal(0.0, 1.0, x.shape).astype(np.float32) * prof["noise"][c]
-    out[idx] = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out[idx] = render(images[idx], c, prof, seed)
   return out
+
+
+def render(images: np.ndarray, client: int, prof: dict[str, np.ndarray], seed: int) -> np.ndarray:
+  """``images`` [N, H, W, ch] uint8 as client ``client``'s scanner (``prof = profiles(...)``) sees them."""
+  c = client
+  x = images.astype(np.float32) / 255.0
+  x = (1 - prof["blur"][c]) * x + prof["blur"][c] * _box_blur(x)
+  x = np.power(np.clip(x, 0.0, 1.0), prof["gamma"][c]) + prof["bias"][c]
+  noise_rng = np.random.default_rng([seed, 104729, c])
+  x = x + noise_rng.normal(0.0, 1.0, x.shape).astype(np.float32) * prof["noise"][c]
+  return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)

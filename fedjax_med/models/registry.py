@@ -39,11 +39,13 @@ _MODELS = {
     },
     "vit_ti": vit.ViTTi,
     "vit_s": vit.ViTS,
+    "vit_xs": vit.ViTXS,
     "vit_mu": vit._ViTMu,
     "convnext_atto": convnext.ConvNeXtAtto,
     "convnext_femto": convnext.ConvNeXtFemto,
     "convnext_pico": convnext.ConvNeXtPico,
     "convnext_tiny": convnext.ConvNeXtTiny,
+    "convnext_xs": convnext.ConvNeXtXS,
     "convnext_mu": convnext._ConvNeXtMu,
 }
 _NORM_MODELS = frozenset(_RESNETS)

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 
 POOLS = ("gap", "tok")
 
-_WIDTH = {"mu": 32, "Ti": 192, "S": 384, "M": 512, "B": 768}
-_DEPTH = {"mu": 1, "Ti": 12, "S": 12, "M": 12, "B": 12}
-_MLP_DIM = {"mu": 128, "Ti": 768, "S": 1536, "M": 2048, "B": 3072}
-_HEADS = {"mu": 2, "Ti": 3, "S": 6, "M": 8, "B": 12}
+_WIDTH = {"mu": 32, "xs": 64, "Ti": 192, "S": 384, "M": 512, "B": 768}
+_DEPTH = {"mu": 1, "xs": 4, "Ti": 12, "S": 12, "M": 12, "B": 12}
+_MLP_DIM = {"mu": 128, "xs": 256, "Ti": 768, "S": 1536, "M": 2048, "B": 3072}
+_HEADS = {"mu": 2, "xs": 2, "Ti": 3, "S": 6, "M": 8, "B": 12}
 
 
 def decode_variant(variant: str) -> dict:
@@ -37,7 +37,8 @@ def decode_variant(variant: str) -> dict:
 
   Args:
     variant: ``"<size>"`` or ``"<size>/<patch>"``, size in
-      ``mu, Ti, S, M, B`` (``mu`` is a one-layer test model).
+      ``mu, xs, Ti, S, M, B`` (``mu`` is a one-layer test model; ``xs`` a 4-layer,
+      64-wide ViT sized like ResNet-8 for CPU studies).
 
   Raises:
     ValueError: unknown size or malformed string.
@@ -153,4 +154,5 @@ class ViT(nn.Module):
 
 ViTTi = functools.partial(ViT, **decode_variant("Ti"))
 ViTS = functools.partial(ViT, **decode_variant("S"))
+ViTXS = functools.partial(ViT, **decode_variant("xs"))
 _ViTMu = functools.partial(ViT, **decode_variant("mu"))

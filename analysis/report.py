@@ -1,0 +1,59 @@
+"""Report of a study sweep: CSV + Markdown tables (mean ± 95% CI over seeds) and PNG figures.
+
+  python analysis/report.py --study=configs/studies/heterogeneity.py:cpu \
+      [--workdir=runs/studies/heterogeneity/cpu] [--output=docs/results/heterogeneity.md]
+
+Reads every run of the study grid in WORKDIR (the sweep's directory; default
+``runs/studies/<study>/<preset>``), aggregates over seeds, and writes
+``docs/results/<study>.md`` (default), ``<study>.csv`` next to it and the
+figures into ``docs/results/<study>/``. Incomplete runs are listed, not
+hidden. A missing study file or sweep directory exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from fedjax_med import cli  # noqa: E402
+from fedjax_med.cli import flag as _flag  # noqa: E402
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  _flag(p, "study", required=True, help="configs/studies/<name>.py:<preset>")
+  _flag(p, "workdir", default="", help="sweep directory (default runs/studies/<name>/<preset>)")
+  _flag(p, "output", default="", help="Markdown path (default docs/results/<name>.md)")
+  args = p.parse_args(argv)
+  cli.setup_logging()
+  from fedjax_med import sweep
+  from fedjax_med.analysis import plots
+  from fedjax_med.analysis import study as study_lib
+
+  try:
+    study = sweep.load_study(args.study)
+    sweep.expand(study)
+  except (OSError, ValueError, KeyError) as e:
+    print(f"error: cannot load --study={args.study}: {e}", file=sys.stderr)
+    return 2
+  workdir = args.workdir or os.path.join("runs", "studies", study.name, study.preset)
+  if not os.path.isdir(workdir):
+    print(f"error: sweep directory {workdir} does not exist; run first: python launch/sweep.py "
+          f"--study={args.study} --workdir={workdir}", file=sys.stderr)
+    return 2
+  out = args.output or os.path.join(ROOT, "docs", "results", f"{study.name}.md")
+  ok = plots.available()
+  if not ok:
+    print(plots.MISSING_MESSAGE)
+  result = study_lib.make_report(study, workdir, args.study, out, plots_ok=ok)
+  print(f"wrote {out} ({result['complete']}/{result['total']} runs complete, "
+        f"{len(result['figures'])} figures)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

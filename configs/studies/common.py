@@ -1,0 +1,61 @@
+"""Axes and settings shared by the studies (configs/studies/*.py).
+
+Every study starts from configs/quickstart.py (small CNN, 28 px, random-shift
+augmentation, SGD lr 0.1, B=64) and changes what its question needs. The
+``cpu`` presets are sized for a 2-core machine (<= 60 min each, 28 px, small
+models); the ``full`` presets are meant for a GPU (more rounds, seeds and
+larger models).
+"""
+
+BASE = "configs/quickstart.py"
+
+DATASETS = {
+    "pneumonia": {"data.name": "pneumoniamnist"},
+    "breast": {"data.name": "breastmnist"},
+}
+
+# Label-skew partitions of the training split over fl.num_clients clients.
+# per_client Dirichlet (Hsu et al. 2019): equal sizes, class mix ~ Dir(alpha).
+PARTITIONS = {
+    "iid": {"partition.kind": "iid"},
+    **{f"a{a:g}": {"partition.kind": "dirichlet", "partition.alpha": a}
+       for a in (0.05, 0.1, 0.5, 1.0, 10.0)},
+    # quantity skew: IID labels, log-normal client sizes (sigma 1)
+    "quantity": {"partition.kind": "quantity", "partition.quantity_kind": "lognormal",
+                 "partition.quantity_sigma": 1.0},
+    # site feature skew: IID labels, each client's images through its own
+    # simulated scanner (fedjax_med/data/site_shift.py, strength 1 = strong)
+    "site": {"partition.kind": "iid", "partition.site_shift": 1.0},
+}
+
+# The algorithms of configs/algorithms.py, as override sets.
+ALGORITHMS = {
+    "fedavg": {"algorithm.name": "fedavg"},
+    "fedprox": {"algorithm.name": "fedprox", "algorithm.mu": 0.01},
+    "scaffold": {"algorithm.name": "scaffold"},
+    "fedadam": {"algorithm.name": "fedadam", "fl.server_lr": 0.01},
+    "fedbn": {"algorithm.name": "fedbn"},
+    "fedsam": {"algorithm.name": "fedsam", "algorithm.rho": 0.05},
+    "fedasam": {"algorithm.name": "fedasam", "algorithm.rho": 0.5},
+}
+
+
+def centralized(clients_per_round: int, local_steps: int) -> dict:
+  """Pooled training on the same number of sample-gradient evaluations per round.
+
+  One client holding the whole training split runs ``clients_per_round *
+  local_steps`` SGD steps of the same batch size per round.
+  """
+  return {"algorithm.name": "centralized", "partition.kind": "iid", "partition.min_size": 1,
+          "partition.site_shift": 0.0, "fl.num_clients": 1, "fl.clients_per_round": 1,
+          "fl.local_steps": clients_per_round * local_steps}
+
+
+def pick(table: dict, names) -> dict:
+  return {n: table[n] for n in names}
+
+
+def check_preset(preset: str, presets=("cpu", "full")) -> str:
+  if preset not in presets:
+    raise ValueError(f"unknown preset {preset!r}; choose one of {list(presets)}")
+  return preset
