@@ -1,0 +1,150 @@
+"""Study reports on synthetic sweeps: grouping, intervals, targets, relative drops, files."""
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fedjax_med import sweep
+from fedjax_med.analysis import study as study_lib
+
+
+def make_study(**report):
+  return sweep.Study(
+      name="toy", preset="cpu", base="configs/quickstart.py",
+      grids=({"data": {"d1": {}, "d2": {}}, "setting": {"central": {}, "fed": {}}},),
+      seeds=(0, 1, 2), report={"table": ["data", "setting"], **report},
+      description="Toy study.\n\n  python launch/sweep.py --study=x\n\nMore text.",
+  )
+
+
+# Final accuracy of each (data, setting, seed) and its evaluation curve.
+ACC = {("d1", "central", 0): 0.90, ("d1", "central", 1): 0.86, ("d1", "central", 2): 0.88,
+       ("d1", "fed", 0): 0.80, ("d1", "fed", 1): 0.70, ("d1", "fed", 2): 0.84,
+       ("d2", "central", 0): 0.60, ("d2", "central", 1): 0.62, ("d2", "central", 2): 0.64,
+       ("d2", "fed", 0): 0.50, ("d2", "fed", 1): 0.55}  # (d2, fed, 2) never finished
+
+
+def write_runs(sweep_dir, study):
+  for run in sweep.expand(study):
+    key = (run.axes["data"], run.axes["setting"], int(run.axes["seed"]))
+    d = sweep_dir / run.name
+    d.mkdir(parents=True)
+    curve = [{"round": r, "split": "test", "accuracy": a, "auc": 0.5, "loss": 1.0,
+              "elapsed_s": 10.0 * r, "bytes_up": 1_000_000 * r}
+             for r, a in ((1, 0.5), (2, 0.83), (3, ACC.get(key, 0.4)))]
+    analysis = {"round": 3, "split": "analysis", "loss": 0.25, "lambda_max": 10.0 + key[2],
+                "seconds": {"lanczos": 1.0}}
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in curve + [analysis]) + "\n")
+    if key not in ACC:
+      continue
+    summary = {"test": {"accuracy": ACC[key], "auc": 0.9, "loss": 0.75}, "total_bytes_up": 3e6,
+               "wall_time_s": 30.0, "engine": {"client_chunk_size": 1},
+               "clients": {"worst": ACC[key] - 0.1, "mean": ACC[key], "accuracy": [0.1, 0.2]}}
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def test_mean_ci_matches_student_t():
+  mean, ci, n = study_lib.mean_ci([0.9, 0.86, 0.88])
+  assert n == 3 and mean == pytest.approx(0.88)
+  assert ci == pytest.approx(4.303 * np.std([0.9, 0.86, 0.88], ddof=1) / math.sqrt(3))
+  assert math.isnan(study_lib.mean_ci([0.5])[1]) and study_lib.mean_ci([None, 0.5])[2] == 1
+  assert study_lib.mean_ci([])[2] == 0
+  assert study_lib.t_quantile(1) == 12.706 and study_lib.t_quantile(100) == 1.96
+
+
+def test_rows_intervals_and_missing_runs(tmp_path):
+  study = make_study()
+  write_runs(tmp_path, study)
+  results = study_lib.collect(study, str(tmp_path))
+  assert len(results) == 12 and sum(r.complete for r in results) == 11
+  rows = study_lib.aggregate(results, ["data", "setting"], ["test.accuracy", "clients.worst"],
+                             study_lib.axis_order(study))
+  assert [(r["data"], r["setting"]) for r in rows] == [
+      ("d1", "central"), ("d1", "fed"), ("d2", "central"), ("d2", "fed")]
+  for r in rows:
+    accs = [ACC[(r["data"], r["setting"], s)] for s in range(3) if (r["data"], r["setting"], s)
+            in ACC]
+    mean, ci, n = r["test.accuracy"]
+    assert n == len(accs) == r["n_complete"] and r["n_runs"] == 3
+    assert mean == pytest.approx(np.mean(accs))
+    t = {2: 12.706, 3: 4.303}[n]
+    assert ci == pytest.approx(t * np.std(accs, ddof=1) / math.sqrt(n))
+    assert r["clients.worst"][0] == pytest.approx(np.mean(accs) - 0.1)
+  # analysis records and the generalization gap
+  r0 = results[0]
+  assert r0.metrics["analysis.lambda_max"] == 10.0 and "analysis.seconds.lanczos" not in r0.metrics
+  assert r0.metrics["gap.loss"] == pytest.approx(0.75 - 0.25)
+  md = study_lib.to_markdown(rows, ["data", "setting"], ["test.accuracy"])
+  lines = md.splitlines()
+  assert len(lines) == 2 + 4 and lines[2].startswith("| d1 | central | 0.880 ± ")
+  assert lines[-1].endswith("| 2/3 |")  # n shows the incomplete run
+  table = list(csv.DictReader(io.StringIO(study_lib.to_csv(rows, ["data", "setting"],
+                                                           ["test.accuracy"]))))
+  assert len(table) == 4 and float(table[1]["test.accuracy.mean"]) == pytest.approx(0.78)
+  assert table[3]["test.accuracy.n"] == "2" and table[3]["n_runs"] == "3"
+
+
+def test_targets_are_relative_to_matching_reference_runs(tmp_path):
+  study = make_study(reference={"setting": "central"}, target_fraction=0.95)
+  write_runs(tmp_path, study)
+  by_name = {r.name: r for r in study_lib.collect(study, str(tmp_path))}
+  # d1 target = 0.95 * 0.88 = 0.836: seed 0 (0.83 at round 2, 0.80 final) never reaches it.
+  fed0 = by_name["data-d1+setting-fed+seed-0"].metrics
+  assert fed0["target.accuracy"] == pytest.approx(0.836)
+  assert fed0["target.reached"] == 0 and fed0["target.round"] is None
+  fed2 = by_name["data-d1+setting-fed+seed-2"].metrics
+  assert fed2["target.round"] == 3 and fed2["target.elapsed_s"] == 30 and fed2["target.mb_up"] == 3
+  # d2 target = 0.95 * 0.62 = 0.589: reached at round 2 (0.83) by everyone.
+  d2 = by_name["data-d2+setting-fed+seed-1"].metrics
+  assert d2["target.accuracy"] == pytest.approx(0.589) and d2["target.round"] == 2
+  rows = study_lib.aggregate(list(by_name.values()), ["data", "setting"], ["target.round"])
+  assert rows[1]["target.reached"] == 1 and rows[1]["target.round"][0] == 3
+
+
+def test_relative_accuracy_is_paired_by_seed(tmp_path):
+  study = make_study(relative={"axis": "setting", "reference": "central"})
+  write_runs(tmp_path, study)
+  by_name = {r.name: r for r in study_lib.collect(study, str(tmp_path))}
+  m = by_name["data-d1+setting-fed+seed-1"].metrics
+  assert m["relative.accuracy"] == pytest.approx(0.70 / 0.86)
+  assert m["relative.drop"] == pytest.approx(0.16)
+
+
+def test_make_report_writes_markdown_csv_and_figures(tmp_path):
+  pytest.importorskip("matplotlib")
+  study = make_study(
+      reference={"setting": "central"},
+      figures=[{"kind": "curves", "x": "round", "color": "setting", "panel": "data"},
+               {"kind": "bars", "x": "setting", "color": "data", "metrics": ["test.accuracy"]},
+               {"kind": "heatmap", "rows": "data", "cols": "setting",
+                "metric": "test.accuracy"}])
+  write_runs(tmp_path / "sweep", study)
+  out = tmp_path / "docs" / "toy.md"
+  result = study_lib.make_report(study, str(tmp_path / "sweep"), "toy.py:cpu", str(out))
+  text = out.read_text()
+  assert "preset `cpu`" in text and "python analysis/report.py --study=toy.py:cpu" in text
+  assert "| d2 | fed |" in text and "data-d2+setting-fed+seed-2" in text  # listed as incomplete
+  assert "More text." in text and "  python launch/sweep.py --study=x" not in text
+  assert (tmp_path / "docs" / "toy.csv").exists()
+  assert len(result["figures"]) == 3
+  for _, name in result["figures"]:
+    png = tmp_path / "docs" / "toy" / name
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"toy/{name}" in text
+
+
+def test_report_cli_exits_2_without_sweep_dir(tmp_path):
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  repo = Path(__file__).resolve().parents[2]
+  res = subprocess.run([sys.executable, str(repo / "analysis" / "report.py"),
+                        "--study=configs/studies/communication.py:cpu",
+                        f"--workdir={tmp_path / 'none'}", f"--output={tmp_path / 'x.md'}"],
+                       capture_output=True, text=True, cwd=repo, timeout=300)
+  assert res.returncode == 2 and "does not exist" in res.stderr
+  assert not (tmp_path / "x.md").exists()
