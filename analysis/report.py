@@ -37,8 +37,8 @@ def main(argv=None) -> int:
   try:
     study = sweep.load_study(args.study)
     sweep.expand(study)
-  except (OSError, ValueError, KeyError) as e:
-    print(f"error: cannot load --study={args.study}: {e}", file=sys.stderr)
+  except Exception as e:  # noqa: BLE001 - any broken study file: one message, exit 2
+    print(f"error: cannot load --study={args.study}: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
   workdir = args.workdir or os.path.join("runs", "studies", study.name, study.preset)
   if not os.path.isdir(workdir):

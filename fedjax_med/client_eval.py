@@ -53,16 +53,23 @@ def client_accuracies(
     *,
     site_shift_strength: float = 0.0,
     seed: int = 0,
+    client_predict: Callable[[int, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-  """Accuracy of the model behind ``predict_probs`` (images -> [N, classes]) for each client."""
+  """Accuracy of the model behind ``predict_probs`` (images -> [N, classes]) for each client.
+
+  ``client_predict(c, images)``, if given, replaces ``predict_probs`` with each
+  client's own (personalized) model, e.g. FedBN's local BatchNorm layers.
+  """
   mix = label_mix(partition, train_labels, num_classes)
-  if site_shift_strength <= 0:
+  if site_shift_strength <= 0 and client_predict is None:
     per_class = class_accuracy(predict_probs(test_images), test_labels, num_classes)
     return mix @ per_class
-  prof = site_shift.profiles(partition.num_clients, site_shift_strength, seed)
+  prof = (site_shift.profiles(partition.num_clients, site_shift_strength, seed)
+          if site_shift_strength > 0 else None)
   out = np.zeros(partition.num_clients)
   for c in range(partition.num_clients):
-    probs = predict_probs(site_shift.render(test_images, c, prof, seed))
+    images = test_images if prof is None else site_shift.render(test_images, c, prof, seed)
+    probs = client_predict(c, images) if client_predict else predict_probs(images)
     out[c] = mix[c] @ class_accuracy(probs, test_labels, num_classes)
   return out
 

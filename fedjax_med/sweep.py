@@ -81,7 +81,7 @@ def expand(study: Study) -> list[Run]:
     axes = list(grid.items())
     for axis, labels in axes:
       for label in labels:
-        if not _LABEL.match(str(label)) or not _LABEL.match(axis):
+        if not _LABEL.fullmatch(str(label)) or not _LABEL.fullmatch(axis):
           raise ValueError(f"axis {axis!r} label {label!r}: use letters, digits, '_', '.', '-'")
     for combo in itertools.product(*[list(labels.items()) for _, labels in axes]):
       for seed in study.seeds:
@@ -151,6 +151,7 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
   A failed run is reported and the others go on. ``extra`` overrides are added
   to every run (e.g. ``{"fl.rounds": 1}`` for a smoke test in a scratch directory).
   """
+  sweep_dir = os.path.abspath(sweep_dir)  # children run with cwd=ROOT
   runs = expand(study)
   if only:
     runs = [r for r in runs if re.search(only, r.name)]

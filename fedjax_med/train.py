@@ -41,6 +41,7 @@ from fedjax_med import (
   types,
 )
 from fedjax_med import config as config_lib
+from fedjax_med.algorithms.fedbn import client_params as fedbn_client_params
 from fedjax_med.data import site_shift
 from fedjax_med.errors import NonFiniteLossError
 
@@ -291,11 +292,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
   clients = None
   if config.algorithm.name != "centralized":
+    bs = config.eval.batch_size
+    client_predict = None
+    if hasattr(state, "local_norms"):  # FedBN: each client with its own BatchNorm layers
+      norms = jax.device_get(state.local_norms)
+      client_predict = lambda c, x: predict_probs(  # noqa: E731
+          eval_fn, fedbn_client_params(state.params, norms, c), x, bs)
     clients = client_eval.summarize(client_eval.client_accuracies(
-        lambda x: predict_probs(eval_fn, state.params, x, config.eval.batch_size),
+        lambda x: predict_probs(eval_fn, state.params, x, bs),
         ds.test.images, ds.test.labels, part, ds.train.labels, ds.num_classes,
         site_shift_strength=config.partition.site_shift, seed=config.seed,
+        client_predict=client_predict,
     ))
+    clients["model"] = "local BatchNorm per client" if client_predict else "global"
   target = config.comm.target_accuracy
   reached = [x["round"] for x in records if x["split"] == "test" and x["accuracy"] >= target]
   summary = {

@@ -92,11 +92,15 @@ def run_study(args) -> int:
   sys.path.insert(0, ROOT)
   from fedjax_med import sweep
 
+  bad = [o for o in args.override if "=" not in o]
+  if bad:
+    print(f"error: --override needs KEY=VALUE, got {bad[0]!r}", file=sys.stderr)
+    return 2
   try:
     study = sweep.load_study(args.study)
     sweep.expand(study)
-  except (OSError, ValueError, KeyError) as e:
-    print(f"error: cannot load --study={args.study}: {e}", file=sys.stderr)
+  except Exception as e:  # noqa: BLE001 - any broken study file: one message, exit 2
+    print(f"error: cannot load --study={args.study}: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
   workdir = args.workdir or os.path.join("runs", "studies", study.name, study.preset)
   extra = dict(o.split("=", 1) for o in args.override)

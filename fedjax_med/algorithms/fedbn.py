@@ -9,7 +9,8 @@ Global model for evaluation: the server's copy of the BatchNorm leaves is the
 average of the participating clients' local ones (FedAvg applied to them), so
 ``state.params`` is a usable global model ("averaged BN"). Evaluating each
 client's own BN on its own data needs per-client test splits and is left to
-the caller: ``client_store.gather(state.local_norms, ids)`` gives the leaves.
+the caller: ``client_params(state.params, state.local_norms, c)`` is client
+``c``'s own model (used for per-client accuracy, fedjax_med/client_eval.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def is_batchnorm_leaf(path) -> bool:
   """BatchNorm parameters and statistics (flax names: ``BatchNorm_*``, ``batch_stats``)."""
   names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
   return any(n == "batch_stats" or n.startswith("BatchNorm") for n in names)
+
+
+def client_params(params, local_norms: tuple, client: int, is_local: Callable = is_batchnorm_leaf):
+  """Client ``client``'s personalized model: ``params`` with its own local (BatchNorm) leaves."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  idx = [i for i, (path, _) in enumerate(leaves) if is_local(path)]
+  out = [leaf for _, leaf in leaves]
+  for i, stacked in zip(idx, local_norms, strict=True):
+    out[i] = stacked[client]
+  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def fedbn(

@@ -108,6 +108,7 @@ def read_run(sweep_dir: str, run: sweep.Run) -> RunResult:
       summary = json.load(f)
     clients = summary.pop("clients", None) or {}
     clients.pop("accuracy", None)
+    clients.pop("model", None)
     _flatten("", {k: v for k, v in summary.items() if k != "engine"}, flat)
     _flatten("clients", clients, flat)
     if "total_bytes_up" in flat:
