@@ -10,7 +10,7 @@ architecture, relative to its own centralized accuracy (heat map).
 
 cpu: ResNet-8 (BN/GN/LN), vit_xs and convnext_xs (the zoo's CPU-sized ViT and
 ConvNeXt: ~20 MFLOPs like ResNet-8; ViT-Ti and ConvNeXt-atto cost 25x and 11x
-a CNN round here), PneumoniaMNIST, 10 clients, 5 per round, S=5, B=32, 20
+a CNN round here), PneumoniaMNIST, 10 clients, 5 per round, S=5, B=32, 16
 rounds, seeds 0-2.
 full: ResNet-18 (BN/GN/LN), vit_ti, convnext_atto, both datasets, 10 clients,
 all per round, S=5, B=64, 100 rounds, seeds 0-4.
@@ -34,8 +34,8 @@ def get_study(preset: str = "cpu") -> Study:
   }
   clients, per_round, steps = 10, (5 if cpu else 10), 5
   fixed = {"fl.num_clients": clients, "fl.clients_per_round": per_round, "fl.local_steps": steps,
-           "fl.batch_size": 32 if cpu else 64, "fl.rounds": 20 if cpu else 100,
-           "eval.every": 5, "ckpt.every": 10}
+           "fl.batch_size": 32 if cpu else 64, "fl.rounds": 16 if cpu else 100,
+           "eval.every": 4, "ckpt.every": 10}
   settings = {"centralized": common.centralized(per_round, steps),
               **{f"fedavg_{k}": common.PARTITIONS[k] for k in ("iid", "a0.1", "a0.05")}}
   data = common.pick(common.DATASETS, ("pneumonia",)) if cpu else common.DATASETS
