@@ -428,7 +428,9 @@ def make_report(study: sweep.Study, sweep_dir: str, spec: str, out_md: str,
          f"python launch/sweep.py --study={spec} --jobs=2 --workdir={sweep_dir}",
          f"python analysis/report.py --study={spec} --workdir={sweep_dir}", "```", "",
          "Tables give the mean ± 95% confidence half-width (Student t) over seeds; "
-         f"n = complete runs. CSV: [`{rel}.csv`]({rel}.csv).", ""]
+         f"n = complete runs. CSV: [`{rel}.csv`]({rel}.csv). Wall times come from runs made "
+         "with the command above (`--jobs=2`: two runs share the machine), so they compare "
+         "within this report only.", ""]
   if rep.get("reference"):
     ref = ", ".join(f"{k}={v}" for k, v in rep["reference"].items())
     doc += [f"Target: {rep.get('target_fraction', 0.95):.0%} of the mean final test accuracy of "
