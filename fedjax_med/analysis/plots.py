@@ -115,7 +115,10 @@ def panels(
     ylabel: str,
     logx: bool = False,
 ) -> str:
-  """Side-by-side axes (one per panel) of mean curves with a shaded band (``name -> (x, y, ci)``)."""
+  """Side-by-side axes (one per panel) of mean curves with a shaded band (``name -> (x, y, ci)``).
+
+  Bands are drawn only on panels with at most 4 curves (more would hide the lines).
+  """
   plt = _pyplot()
   n = max(1, len(panel_lines))
   fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), squeeze=False)
@@ -124,7 +127,7 @@ def panels(
       x, y, ci = (np.asarray(v, np.float64) for v in (x, y, ci))
       (line,) = ax.plot(x, y, label=name, marker=".", markersize=3)
       ok = np.isfinite(ci)
-      if ok.any():
+      if ok.any() and len(lines) <= 4:
         ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=line.get_color(), alpha=0.15)
     if logx:
       ax.set_xscale("log")

@@ -56,6 +56,7 @@ LABELS = {
     "total_mb_up": "MB up (total)",
     "total_bytes_up": "bytes up (total)",
     "wall_time_s": "wall time (s)",
+    "rounds_completed": "rounds",
     "analysis.lambda_max": "λmax",
     "analysis.trace": "Hessian trace",
     "analysis.eps_sharpness": "ε-sharpness (%)",
