@@ -145,9 +145,13 @@ def grouped_bars(
   """One axis per metric; bars ``metric -> group -> x label -> (mean, ci)`` with error bars."""
   plt = _pyplot()
   n = max(1, len(metrics))
-  fig, axes = plt.subplots(1, n, figsize=(max(4.5, 1.2 + 0.9 * _width(metrics)) * n ** 0.5 + 2 * n,
-                                           3.8), squeeze=False)
-  for ax, (metric, groups) in zip(axes[0], metrics.items(), strict=False):
+  cols = min(n, 2)
+  rows = -(-n // cols)
+  w = max(4.5, 1.5 + 0.35 * _width(metrics) * max(1, len(next(iter(metrics.values()), {}))))
+  fig, axes = plt.subplots(rows, cols, figsize=(w * cols, 3.6 * rows), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  for ax, (metric, groups) in zip(axes.flat, metrics.items(), strict=False):
     xs = list(dict.fromkeys(x for g in groups.values() for x in g))
     width = 0.8 / max(1, len(groups))
     for i, (group, values) in enumerate(groups.items()):

@@ -57,6 +57,7 @@ LABELS = {
     "total_bytes_up": "bytes up (total)",
     "wall_time_s": "wall time (s)",
     "rounds_completed": "rounds",
+    "analysis.loss": "train loss",
     "analysis.lambda_max": "λmax",
     "analysis.trace": "Hessian trace",
     "analysis.eps_sharpness": "ε-sharpness (%)",
@@ -219,7 +220,7 @@ def aggregate(results: Sequence[RunResult], by: Sequence[str], metrics: Sequence
 
 # Decimals per metric in tables (default 3).
 DIGITS = {"target.round": 1, "target.elapsed_s": 1, "target.mb_up": 1, "total_mb_up": 1,
-          "wall_time_s": 0, "rounds_completed": 0, "analysis.lambda_max": 2,
+          "wall_time_s": 0, "rounds_completed": 0, "analysis.loss": 3, "analysis.lambda_max": 2,
           "analysis.trace": 1, "analysis.eps_sharpness": 2}
 
 
