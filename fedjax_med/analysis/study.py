@@ -377,8 +377,9 @@ def landscapes(study: sweep.Study, sweep_dir: str, out_dir: str, prefix: str) ->
       i = result["interpolation"]
       t, loss = np.asarray(i["t"]), np.asarray(i["loss"])
       inside = (t >= 0) & (t <= 1)
-      row["loss at B"] = float(loss[np.argmin(abs(t - 1))])
-      row["max loss on A→B (barrier)"] = float(loss[inside].max())
+      la, lb = float(loss[np.argmin(abs(t))]), float(loss[np.argmin(abs(t - 1))])
+      row["loss at B"] = lb
+      row["barrier on A→B"] = float(max(0.0, np.max(loss[inside] - ((1 - t) * la + t * lb)[inside])))
     rows.append(row)
   if not rows:
     return written, ""
@@ -454,7 +455,10 @@ def make_report(study: sweep.Study, sweep_dir: str, spec: str, out_md: str,
     doc += ["## Loss landscapes (seed 0)", "",
             "A = the first run of the step, B = the second (centralized). Losses on a fixed "
             "500-example training subset, eval mode; directions filter-normalized "
-            "(Li et al. 2018).", "", land_md, ""]
+            "(Li et al. 2018), so *loss at ±span* is the larger loss one filter-normalized unit "
+            "away from A along a random direction (flatness at a common scale). *Barrier* = the "
+            "largest excess of the loss on the straight line (1-t)A + tB over the line "
+            "joining its end values (0: no barrier).", "", land_md, ""]
   if written:
     doc += ["## Figures", ""]
     for title, name in written:
