@@ -391,6 +391,18 @@ def landscapes(study: sweep.Study, sweep_dir: str, out_dir: str, prefix: str) ->
   return written, "\n".join(md)
 
 
+def run_error(sweep_dir: str, name: str) -> str:
+  """Why a run has no summary: its log's last ``error:`` line, or 'not run (yet)'."""
+  path = os.path.join(sweep_dir, "logs", name + ".log")
+  if not os.path.exists(path):
+    return "not run (yet)"
+  with open(path, errors="replace") as f:
+    errors_ = [line.strip() for line in f if line.startswith("error:")]
+  if not errors_:
+    return "incomplete (interrupted or running)"
+  return errors_[-1].split(". ")[0].replace("|", "/")  # first sentence, table-safe
+
+
 def machine() -> str:
   import jax
 
@@ -465,7 +477,9 @@ def make_report(study: sweep.Study, sweep_dir: str, spec: str, out_md: str,
       doc += [f"**{title}**", "", f"![{title}]({rel}/{name})", ""]
   missing = [r.name for r in results if not r.complete]
   if missing:
-    doc += ["## Incomplete runs", "", *[f"- `{m}`" for m in missing], ""]
+    doc += ["## Incomplete runs", "",
+            "Not in the tables above; the reason is the run's last `error:` log line.", "",
+            *[f"- `{m}`: {run_error(sweep_dir, m)}" for m in missing], ""]
   with open(out_md + ".tmp", "w") as f:
     f.write("\n".join(doc))
   os.replace(out_md + ".tmp", out_md)
