@@ -148,3 +148,15 @@ def test_report_cli_exits_2_without_sweep_dir(tmp_path):
                        capture_output=True, text=True, cwd=repo, timeout=300)
   assert res.returncode == 2 and "does not exist" in res.stderr
   assert not (tmp_path / "x.md").exists()
+
+
+def test_incomplete_runs_show_their_error(tmp_path):
+  (tmp_path / "logs").mkdir()
+  (tmp_path / "logs" / "a.log").write_text(
+      "$ python launch/main.py\nerror: non-finite training loss (nan) in round 3; stopped. "
+      "The last good checkpoint (round 2) is kept in x.\n")
+  (tmp_path / "logs" / "b.log").write_text("$ python launch/main.py\nround 1/5\n")
+  assert study_lib.run_error(str(tmp_path), "a") == (
+      "error: non-finite training loss (nan) in round 3; stopped")
+  assert "interrupted" in study_lib.run_error(str(tmp_path), "b")
+  assert study_lib.run_error(str(tmp_path), "c") == "not run (yet)"
