@@ -114,6 +114,7 @@ def panels(
     xlabel: str,
     ylabel: str,
     logx: bool = False,
+    xticks: Sequence[str] = (),
 ) -> str:
   """Side-by-side axes (one per panel) of mean curves with a shaded band (``name -> (x, y, ci)``).
 
@@ -131,6 +132,8 @@ def panels(
         ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=line.get_color(), alpha=0.15)
     if logx:
       ax.set_xscale("log")
+    if xticks:
+      ax.set_xticks(range(len(xticks)), list(xticks))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -333,10 +333,11 @@ def figures(study: sweep.Study, results: list[RunResult], out_dir: str, prefix: 
       else:
         panel = {}
         for m, groups in data.items():
-          panel[m] = {g: (list(range(len(v))), [x[0] for x in v.values()],
+          xorder = list(spec.get("order", order[spec["x"]]))
+          panel[m] = {g: ([xorder.index(k) for k in v], [x[0] for x in v.values()],
                           [x[1] for x in v.values()]) for g, v in groups.items()}
-        plots.panels(path, panel, spec["x"] + " (" + ", ".join(spec.get("order", [])) + ")",
-                     "mean ± 95% CI")
+        plots.panels(path, panel, spec["x"], "mean ± 95% CI",
+                     xticks=spec.get("order", order[spec["x"]]))
       written.append((", ".join(data) + f" by {spec['x']}", name))
     elif kind == "heatmap":
       metric = "relative.accuracy" if spec.get("relative") else spec["metric"]
