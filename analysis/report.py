@@ -35,12 +35,11 @@ def main(argv=None) -> int:
   from fedjax_med.analysis import study as study_lib
 
   try:
-    study = sweep.load_study(args.study)
-    sweep.expand(study)
-  except Exception as e:  # noqa: BLE001 - any broken study file: one message, exit 2
-    print(f"error: cannot load --study={args.study}: {type(e).__name__}: {e}", file=sys.stderr)
+    study = sweep.load_checked(args.study)
+  except sweep.StudyError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
-  workdir = args.workdir or os.path.join("runs", "studies", study.name, study.preset)
+  workdir = args.workdir or sweep.default_workdir(study)
   if not os.path.isdir(workdir):
     print(f"error: sweep directory {workdir} does not exist; run first: python launch/sweep.py "
           f"--study={args.study} --workdir={workdir}", file=sys.stderr)

@@ -25,6 +25,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+from fedjax_med.errors import UserError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -140,6 +142,24 @@ def load_study(spec: str) -> Study:
   if not hasattr(module, "get_study"):
     raise ValueError(f"{path} has no get_study(preset) function")
   return module.get_study(preset) if preset else module.get_study()
+
+
+class StudyError(UserError):
+  """A study file that does not load or expand (missing, broken, unknown preset)."""
+
+
+def load_checked(spec: str) -> Study:
+  """:func:`load_study` then :func:`expand`; any failure becomes one :class:`StudyError`."""
+  try:
+    study = load_study(spec)
+    expand(study)
+  except Exception as e:  # noqa: BLE001 - a study file can fail in any way; report it in one line
+    raise StudyError(f"cannot load --study={spec}: {type(e).__name__}: {e}") from e
+  return study
+
+
+def default_workdir(study: Study) -> str:
+  return os.path.join("runs", "studies", study.name, study.preset)
 
 
 def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = False,

@@ -97,12 +97,11 @@ def run_study(args) -> int:
     print(f"error: --override needs KEY=VALUE, got {bad[0]!r}", file=sys.stderr)
     return 2
   try:
-    study = sweep.load_study(args.study)
-    sweep.expand(study)
-  except Exception as e:  # noqa: BLE001 - any broken study file: one message, exit 2
-    print(f"error: cannot load --study={args.study}: {type(e).__name__}: {e}", file=sys.stderr)
+    study = sweep.load_checked(args.study)
+  except sweep.StudyError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
-  workdir = args.workdir or os.path.join("runs", "studies", study.name, study.preset)
+  workdir = args.workdir or sweep.default_workdir(study)
   extra = dict(o.split("=", 1) for o in args.override)
   manifest = sweep.run_all(study, workdir, jobs=args.jobs, dry_run=args.dry_run, only=args.only,
                            extra=extra)
