@@ -100,24 +100,19 @@ def expand(study: Study) -> list[Run]:
   return list(runs.values())
 
 
-def format_value(value) -> str:
-  return str(value)  # True/False, ints, floats and plain strings as ml_collections parses them
-
-
 def command(study: Study, run: Run, sweep_dir: str, extra: Mapping | None = None) -> list[str]:
   """``launch/main.py`` argv of ``run``; ``extra`` overrides come last (smoke tests)."""
   overrides = {**run.overrides, **(extra or {})}
   return [sys.executable, os.path.join(ROOT, "launch", "main.py"), f"--config={study.base}",
           f"--workdir={os.path.join(sweep_dir, run.name)}", "--config.log.progress=lines"] + [
-              f"--config.{k}={format_value(v)}" for k, v in overrides.items()]
+              f"--config.{k}={v}" for k, v in overrides.items()]  # str() parses back
 
 
 def shell(argv: Sequence[str]) -> str:
   """``argv`` as a copy-pasteable line relative to the repository root."""
   parts = []
   for a in argv:
-    a = "python" if a == sys.executable else os.path.relpath(a, ROOT) if a.startswith(ROOT) else a
-    a = a.replace(ROOT + os.sep, "")
+    a = "python" if a == sys.executable else a.replace(ROOT + os.sep, "")
     parts.append(a if re.match(r"^[\w@%+=:,./-]+$", a) else "'" + a.replace("'", "'\\''") + "'")
   return " ".join(parts)
 
