@@ -82,7 +82,7 @@ def main(argv=None) -> int:
   import jax
 
   from fedjax_med import errors, metrics
-  from fedjax_med.analysis import plots, report
+  from fedjax_med.analysis import measures, plots
 
   try:
     loaded, images, labels, trajectory = _load(args)
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     return 2
   (run_a, round_a, var_a), other = loaded[0], (loaded[1] if len(loaded) > 1 else None)
   key = jax.random.PRNGKey(args.seed)
-  result = report.landscape_report(
+  result = measures.landscape_report(
       run_a.model, var_a, images, labels, key,
       other=other[2] if other else None,
       trajectory=trajectory[1] if trajectory else None,
@@ -106,11 +106,11 @@ def main(argv=None) -> int:
   if trajectory:
     result["trajectory"]["rounds"] = trajectory[0]
   if args.density_order:
-    options = report.SharpnessOptions(
+    options = measures.SharpnessOptions(
         batch_size=args.batch_size, lanczos_iters=0, probes=0, eps=0, m=0,
         density_order=args.density_order, density_runs=args.density_runs,
     )
-    density_fn = report.make_sharpness_fn(run_a.model, options)
+    density_fn = measures.make_sharpness_fn(run_a.model, options)
     result["density"] = {
         name: density_fn(v, images, labels, jax.random.fold_in(key, 1))["density"]
         for name, v in [("A", var_a)] + ([("B", other[2])] if other else [])

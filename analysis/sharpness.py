@@ -54,7 +54,7 @@ def main(argv=None) -> int:
   import jax
 
   from fedjax_med import errors, metrics
-  from fedjax_med.analysis import plots, report, runs
+  from fedjax_med.analysis import measures, plots, runs
 
   try:
     run = runs.open_run(args.workdir)
@@ -63,14 +63,14 @@ def main(argv=None) -> int:
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  options = report.SharpnessOptions(
+  options = measures.SharpnessOptions(
       batch_size=args.batch_size, lanczos_iters=args.lanczos_iters,
       lanczos_tol=args.lanczos_tol, top_k=args.top_k,
       probes=args.probes, probe_batch_size=args.probe_batch_size, eps=args.eps,
       eps_norm=args.eps_norm, eps_steps=args.eps_steps, m=args.m, rho=args.rho,
       m_steps=args.m_steps, density_order=args.density_order, density_runs=args.density_runs,
   )
-  result = report.make_sharpness_fn(run.model, options)(
+  result = measures.make_sharpness_fn(run.model, options)(
       variables, images, labels, jax.random.PRNGKey(args.seed)
   )
   result.update(workdir=run.workdir, round=round_idx, split=args.split, examples=len(labels),

@@ -6,20 +6,27 @@ Every field can be overridden on the command line, e.g.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+from fedjax_med.algorithms import registry
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.algorithm = ml_collections.ConfigDict()
-  # "fedavg" (FedAvg / FedAvgM / FedAdam... through fl.server_opt) or
-  # "centralized" (pooled data, one model; needs fl.num_clients=1).
-  c.algorithm.name = "fedavg"  # see fedjax_med/builders.py: ALGORITHMS
-  c.algorithm.mu = 0.01  # fedprox: proximal strength
-  c.algorithm.rho = 0.05  # fedsam / fedasam: SAM radius (ASAM: ~0.5)
-  c.algorithm.asam_eta = 0.01  # fedasam: T = |w| + eta
-  c.algorithm.feddyn_alpha = 0.01  # feddyn: regularization
-  c.algorithm.server_eps = 1e-3  # fedadam / fedyogi / fedadagrad: tau of Reddi et al.
+  # Any name of fedjax_med/algorithms/registry.py (README "Algorithms"); "centralized"
+  # pools the data on one model (needs fl.num_clients=1).
+  c.algorithm.name = "fedavg"
+  # Hyper-parameters nest per algorithm, with the registry's defaults:
+  # --config.algorithm.fedprox.mu, --config.algorithm.fedasam.rho, ...
+  for name, entry in registry.ENTRIES.items():
+    if entry.hparams:
+      c.algorithm[name] = ml_collections.ConfigDict({k: h.default for k, h in entry.hparams.items()})
+  # Deprecated flat keys (one release): None = unset; when set they are moved to
+  # their nested key with a warning (fedjax_med/config.py: DEPRECATED).
+  for key in ("mu", "rho", "asam_eta", "feddyn_alpha", "server_eps"):
+    c.algorithm[key] = config_dict.placeholder(float)
   c.algorithm.swa = False  # server SWA (any algorithm) with a cyclical server lr
   c.algorithm.swa_fraction = 0.25  # average over the last quarter of the rounds
   c.algorithm.swa_period = 1  # rounds per lr cycle / between averaged models
@@ -67,9 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.fl.client_lr = 0.05
   c.fl.client_momentum = 0.0
   c.fl.client_weight_decay = 0.0
-  c.fl.server_opt = "sgd"  # sgd (momentum via server_momentum) | adam | yogi | adagrad
-  c.fl.server_lr = 1.0
-  c.fl.server_momentum = 0.0
+  # Server optimizer; None = the algorithm's registry default (fedavg: sgd, lr 1.0;
+  # fedavgm: momentum 0.9; fedadam / fedyogi: lr 0.01; fedadagrad: lr 0.05).
+  c.fl.server_opt = config_dict.placeholder(str)  # sgd | adam | yogi | adagrad
+  c.fl.server_lr = config_dict.placeholder(float)
+  c.fl.server_momentum = config_dict.placeholder(float)  # sgd: > 0 is FedAvgM
+  c.fl.server_eps = config_dict.placeholder(float)  # adam / yogi / adagrad: tau of Reddi et al.
   # constant | cosine (decays to server_lr * server_lr_min_ratio at the last round)
   c.fl.server_lr_schedule = "constant"
   c.fl.server_lr_min_ratio = 0.1

@@ -29,9 +29,6 @@ import jax.numpy as jnp
 
 from fedjax_med import types
 
-KINDS = ("none", "quantize", "topk", "randk")
-
-
 class Compressor(NamedTuple):
   encode: Callable[[jax.Array, jax.Array], Any]  # (x [n] float32, key) -> payload
   decode: Callable[[Any, int], jax.Array]  # (payload, n) -> x_hat [n]
@@ -115,19 +112,24 @@ def randk(fraction: float, unbiased: bool = True) -> Compressor:
   return Compressor(encode, decode, lambda n: 32 * _k_of(n, fraction) + 64)
 
 
+# name -> (bits, block, fraction, error_feedback) -> Compressor | None. Rand-k is
+# unscaled under error feedback (the residual keeps what was not sent).
+COMPRESSORS: dict[str, Callable[..., Compressor | None]] = {
+    "none": lambda bits, block, fraction, error_feedback: None,
+    "quantize": lambda bits, block, fraction, error_feedback: quantize(bits, block or None),
+    "topk": lambda bits, block, fraction, error_feedback: topk(fraction),
+    "randk": lambda bits, block, fraction, error_feedback: randk(fraction, not error_feedback),
+}
+KINDS = tuple(COMPRESSORS)
+
+
 def make(
   kind: str, *, bits: int = 8, fraction: float = 0.01, block: int = 0, error_feedback: bool = False
 ) -> Compressor | None:
   """The compressor named ``kind`` (``None`` for ``"none"``)."""
-  if kind == "none":
-    return None
-  if kind == "quantize":
-    return quantize(bits, block or None)
-  if kind == "topk":
-    return topk(fraction)
-  if kind == "randk":
-    return randk(fraction, unbiased=not error_feedback)
-  raise ValueError(f"compressor must be one of {KINDS}, got {kind!r}")
+  if kind not in COMPRESSORS:
+    raise ValueError(f"compressor must be one of {KINDS}, got {kind!r}")
+  return COMPRESSORS[kind](bits, block, fraction, error_feedback)
 
 
 def compress_tree(

@@ -1,22 +1,85 @@
-"""Validation of run configs: one clear ``ConfigError`` per impossible value.
+"""Run configs at the edge: resolution of defaults and validation.
 
-Called by ``train.train_and_evaluate`` before anything is written to the
-workdir, so a bad value never leaves half-written output.
+``resolve(config)`` returns the config a run actually uses: deprecated flat
+keys moved to their nested place (with a warning) and the server optimizer's
+unset fields filled from the algorithm's registry entry. ``validate`` raises
+one clear ``ConfigError`` per impossible value. The experiment builder calls
+both before anything is written to the workdir, so a bad value never leaves
+half-written output, and the resolved config is what ``config.json`` records.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import ml_collections
 
-from fedjax_med import augment, builders, compression, partition
+from fedjax_med import augment, compression, optimizers, partition
+from fedjax_med.algorithms import registry as algorithm_registry
 from fedjax_med.data import registry
 from fedjax_med.errors import ConfigError
 from fedjax_med.models import layers
 from fedjax_med.models import registry as model_registry
 
-SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+log = logging.getLogger(__name__)
+
+# Deprecated flat keys (kept for one release) -> where their value goes now.
+DEPRECATED = {
+    "algorithm.mu": ("algorithm.fedprox.mu",),
+    "algorithm.rho": ("algorithm.fedsam.rho", "algorithm.fedasam.rho"),
+    "algorithm.asam_eta": ("algorithm.fedasam.eta",),
+    "algorithm.feddyn_alpha": ("algorithm.feddyn.alpha",),
+    "algorithm.server_eps": ("fl.server_eps",),
+}
+# fl.<key> -> field of the registry's ServerDefaults used when the key is unset (None).
+SERVER_KEYS = {"server_opt": "opt", "server_lr": "lr", "server_momentum": "momentum",
+               "server_eps": "eps"}
+
+
+def _set(config, key: str, value) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run uses (a copy; ``config`` is not changed).
+
+  - A deprecated flat key that is set (not None) is moved to its nested key(s)
+    with a warning, and cleared.
+  - ``fl.server_opt`` / ``server_lr`` / ``server_momentum`` / ``server_eps``
+    left unset (None) take the algorithm's registry defaults (``fedadam``:
+    Adam with lr 0.01; ``fedavg``: SGD with lr 1.0).
+
+  Raises:
+    ConfigError: unknown ``algorithm.name``, or a server optimizer that
+      contradicts the algorithm's name (``fedadam`` with ``fl.server_opt=sgd``).
+  """
+  config = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+  for old, new in DEPRECATED.items():
+    value = _get(config, old)
+    if value is None:
+      continue
+    log.warning("--config.%s is deprecated and will be removed; use --config.%s (applied).",
+                old, " / --config.".join(new))
+    for key in new:
+      _set(config, key, value)
+    _set(config, old, None)
+  name = config.algorithm.name
+  _check(name in algorithm_registry.ENTRIES, "algorithm.name", name,
+         f"choose one of {list(algorithm_registry.ENTRIES)}")
+  entry = algorithm_registry.get(name)
+  fixed = entry.server_opt_fixed and config.fl.server_opt not in (None, entry.server.opt)
+  _check(not fixed, "fl.server_opt", config.fl.server_opt,
+         f"{name} is {entry.server.opt} on the server by definition; leave fl.server_opt unset "
+         "or use algorithm.name=fedavg with the server optimizer you want")
+  for key, field in SERVER_KEYS.items():
+    if config.fl[key] is None:
+      config.fl[key] = getattr(entry.server, field)
+  return config
 
 
 def _check(cond: bool, key: str, value, fix: str) -> None:
@@ -43,9 +106,11 @@ def _get(config, key: str):
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ConfigError`` naming the first invalid key and how to fix it."""
-  _check(config.algorithm.name in builders.ALGORITHMS, "algorithm.name", config.algorithm.name,
-         f"choose one of {builders.ALGORITHMS}")
+  """Raises ``ConfigError`` naming the first invalid key and how to fix it (on ``resolve``'s output)."""
+  name = config.algorithm.name
+  _check(name in algorithm_registry.ENTRIES, "algorithm.name", name,
+         f"choose one of {list(algorithm_registry.ENTRIES)}")
+  entry = algorithm_registry.get(name)
   _check(config.data.name in registry.DATASETS, "data.name", config.data.name,
          f"choose one of {sorted(registry.DATASETS)}")
   _check(config.data.size in registry.SIZES, "data.size", config.data.size,
@@ -70,8 +135,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(0.0 <= value < 1.0, key, value, "must be in [0, 1)")
   _check(config.fl.client_weight_decay >= 0, "fl.client_weight_decay",
          config.fl.client_weight_decay, "must be >= 0")
-  _check(config.fl.server_opt in SERVER_OPTIMIZERS, "fl.server_opt", config.fl.server_opt,
-         f"choose one of {SERVER_OPTIMIZERS}")
+  _check(config.fl.server_opt in optimizers.SERVER, "fl.server_opt", config.fl.server_opt,
+         f"choose one of {sorted(optimizers.SERVER)}")
+  _check(math.isfinite(config.fl.server_eps) and config.fl.server_eps > 0, "fl.server_eps",
+         config.fl.server_eps, "must be a finite number > 0")
+  if entry.plain_sgd:
+    for key in ("fl.client_momentum", "fl.client_weight_decay"):
+      _check(_get(config, key) == 0, key, _get(config, key),
+             f"{name} assumes plain local SGD: set it to 0")
   _check(config.fl.client_chunk_size >= 0, "fl.client_chunk_size", config.fl.client_chunk_size,
          "must be >= 0 (0 = automatic per backend)")
   _check(config.fl.local_unroll >= 0, "fl.local_unroll", config.fl.local_unroll,
@@ -94,7 +165,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0 < cm.fraction <= 1, "comm.fraction", cm.fraction, "must be in (0, 1]")
   _check(0 <= cm.target_accuracy <= 1, "comm.target_accuracy", cm.target_accuracy,
          "must be in [0, 1]")
-  _check(cm.compressor == "none" or config.algorithm.name != "centralized", "comm.compressor",
+  _check(cm.compressor == "none" or entry.federated, "comm.compressor",
          cm.compressor, "centralized training sends nothing: use comm.compressor=none")
   an = config.analysis
   _check(an.every >= 0, "analysis.every", an.every, "must be >= 0 (0 = off)")
@@ -108,13 +179,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("lanczos_tol", "eps", "rho"):
       _check(math.isfinite(an[key]) and an[key] >= 0, f"analysis.{key}", an[key], "must be >= 0")
   a = config.algorithm
-  for key in ("mu", "rho", "asam_eta", "server_eps", "swa_fraction", "swa_lr_ratio"):
+  for other, e in algorithm_registry.ENTRIES.items():
+    for key, hparam in e.hparams.items():
+      value = a[other][key]
+      problem = hparam.check(value)
+      _check(problem is None, f"algorithm.{other}.{key}", value, problem)
+  for key in ("swa_fraction", "swa_lr_ratio"):
     value = a[key]
     _check(math.isfinite(value) and value >= 0, f"algorithm.{key}", value, "must be >= 0")
-  _check(a.feddyn_alpha > 0, "algorithm.feddyn_alpha", a.feddyn_alpha, "must be > 0")
   _check(0 < a.swa_fraction <= 1 or not a.swa, "algorithm.swa_fraction", a.swa_fraction,
          "must be in (0, 1] when algorithm.swa is on")
   _check(a.swa_period >= 1, "algorithm.swa_period", a.swa_period, "must be >= 1")
-  if config.algorithm.name == "centralized":
+  if not entry.federated:
     _check(config.fl.num_clients == 1, "fl.num_clients", config.fl.num_clients,
            "centralized training pools the data: set --config.fl.num_clients=1")

@@ -1,9 +1,10 @@
 """``train_and_evaluate(config, workdir)``: the one training loop.
 
+Everything a run needs comes from ``experiment.build(config)``; this module only
+loops: sample clients and build the padded ``ClientBatch`` (prefetched one
+round ahead), call the jitted round, log, evaluate, checkpoint, summarize.
 Federated and centralized runs go through the same loop; only the algorithm
-(an ``(init, round)`` pair) and the partition differ. The loop is host-side:
-sample clients, build the padded ``ClientBatch`` (prefetched one round ahead),
-call the jitted round, log, evaluate, checkpoint.
+(an ``(init, round)`` pair) and the partition differ.
 
 Workdir layout: ``config.json`` (resolved config), ``partition.json``
 (per-client sizes and label histograms), ``metrics.jsonl`` (one record per
@@ -12,99 +13,21 @@ train round / eval), ``summary.json`` (at the end), ``checkpoints/``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
 import os
 import sys
 import time
-from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 
-from fedjax_med import (
-  batching,
-  builders,
-  checkpoint,
-  client_eval,
-  compression,
-  data,
-  engine,
-  metrics,
-  models,
-  partition,
-  sharding,
-  tasks,
-  types,
-)
-from fedjax_med import config as config_lib
-from fedjax_med.algorithms.fedbn import client_params as fedbn_client_params
-from fedjax_med.data import site_shift
+from fedjax_med import batching, checkpoint, experiment, metrics, partition, sharding, types
 from fedjax_med.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
-
-
-def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> partition.Partition:
-  p = config.partition
-  return partition.make_partition(
-      p.kind,
-      labels,
-      config.fl.num_clients,
-      config.seed,
-      alpha=p.alpha,
-      min_size=p.min_size,
-      shards_per_client=p.shards_per_client,
-      quantity_kind=p.quantity_kind,
-      quantity_sigma=p.quantity_sigma,
-      power_exponent=p.power_exponent,
-      dirichlet_method=p.dirichlet_method,
-  )
-
-
-def predict_probs(predict_fn, params, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Class probabilities [N, classes] of ``params`` on ``images`` (fixed-size padded batches)."""
-  return _predict(predict_fn, params, images, np.zeros(len(images), np.int32), batch_size)[1]
-
-
-def _predict(predict_fn, params, images, labels, batch_size):
-  n = len(labels)
-  collected, probs = None, []
-  for start in range(0, n, batch_size):
-    x = images[start : start + batch_size]
-    y = labels[start : start + batch_size]
-    real = len(y)
-    pad = batch_size - real
-    if pad:
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-    mask = np.arange(batch_size) < real
-    batch_metrics, batch_probs = predict_fn(params, *jax.device_put((x, y, mask)))
-    collected = batch_metrics if collected is None else collected.merge(batch_metrics)
-    probs.append(np.asarray(jax.device_get(batch_probs))[:real])
-  return collected, np.concatenate(probs)
-
-
-def evaluate(predict_fn, params, split: data.Split, batch_size: int) -> dict:
-  """Loss, accuracy and ROC-AUC of ``params`` on a whole split (fixed-size padded batches)."""
-  collected, probs = _predict(predict_fn, params, split.images, split.labels, batch_size)
-  result = {k: float(v) for k, v in collected.compute().items()}
-  result["auc"] = metrics.auc(probs, split.labels)
-  return result
-
-
-def _make_eval_fn(model):
-  predict = tasks.make_predict_fn(model)
-
-  @jax.jit
-  def eval_fn(params, images, labels, mask):
-    logits = predict(params, images)
-    return metrics.eval_batch_metrics(logits, labels, mask), jax.nn.softmax(logits)
-
-  return eval_fn
 
 
 class _Progress:
@@ -133,54 +56,6 @@ class _Progress:
       self.bar.close()
 
 
-class Experiment(NamedTuple):
-  """Everything a run is built from, before any output is written."""
-
-  dataset: data.Dataset
-  partition: partition.Partition
-  engine: engine.Engine
-  model: Any  # flax module
-  algorithm: types.FederatedAlgorithm
-
-
-def build(config: ml_collections.ConfigDict) -> Experiment:
-  """Validates ``config`` and builds data, partition, engine, model and algorithm.
-
-  Raises:
-    ConfigError / DataError: bad input.
-  """
-  config_lib.validate(config)
-  ds = data.load(
-      config.data.name,
-      root=config.data.root or data.default_root(),
-      size=config.data.size,
-      download=config.data.download,
-      verify_md5=config.data.verify_md5,
-  )
-  part = make_partition(config, ds.train.labels)
-  if config.partition.site_shift > 0:  # each client's training images through its "scanner"
-    shifted = site_shift.apply(ds.train.images, part, config.partition.site_shift, config.seed)
-    ds = dataclasses.replace(ds, train=ds.train._replace(images=shifted))
-  eng = engine.choose(
-      config.fl.clients_per_round,
-      client_chunk_size=config.fl.client_chunk_size,
-      conv_impl=config.model.conv_impl,
-      local_unroll=config.fl.local_unroll,
-  )
-  model = models.get_model(
-      config.model.name, ds.num_classes, conv_impl=eng.conv_impl, norm=config.model.norm
-  )
-  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
-  return Experiment(ds, part, eng, model, builders.make_algorithm(config, loss_fn, eng))
-
-
-def initial_state(exp: Experiment, config: ml_collections.ConfigDict):
-  """The algorithm's state at round 0 (also the template to restore checkpoints into)."""
-  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = tasks.init_variables(exp.model, init_key, exp.dataset.image_shape)
-  return exp.algorithm.init(params, state_key)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types.ServerState:
   """Trains per ``config``, writing logs and checkpoints to ``workdir``; resumes from it.
 
@@ -189,18 +64,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
     NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
   """
   t_start = time.time()
-  exp = build(config)
-  ds, part, eng, model, alg = exp
-  fl = config.fl
+  exp = experiment.build(config)
+  config, ds, fl = exp.config, exp.dataset, exp.config.fl
 
   # Inputs are valid: only now touch the workdir.
   os.makedirs(workdir, exist_ok=True)
   metrics.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
   metrics.write_json_atomic(
       os.path.join(workdir, "partition.json"),
-      partition.summarize(part, ds.train.labels, ds.num_classes),
+      partition.summarize(exp.partition, ds.train.labels, ds.num_classes),
   )
-  state = initial_state(exp, config)
+  state = exp.initial_state()
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.keep)
   writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
   if ckpt.latest_round() is not None:
@@ -210,38 +84,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   writer.truncate_after(start)
   mesh = sharding.make_mesh()
   state = sharding.replicate(state, mesh)
-  padded_clients = sharding.pad_multiple(fl.clients_per_round, mesh, eng.client_chunk_size)
-  local_steps = fl.local_steps
-  if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
-    local_steps = batching.epoch_steps(part.sizes, fl.batch_size, fl.local_epochs)
-    log.info("%g local epochs: S = %d steps (largest client)", fl.local_epochs, local_steps)
-
-  make_batch = functools.partial(
-      _round_batch,
-      config=config,
-      images=ds.train.images,
-      labels=ds.train.labels,
-      part=part,
-      pad_clients_to=padded_clients,
-      local_steps=local_steps,
-  )
-  # Bytes on the wire per round, exact from the shapes and dtypes sent: every
-  # sampled client downloads the model and uploads its (compressed) update.
-  server_params = jax.device_get(state.params)
-  if config.algorithm.name == "centralized":
-    up_per_round = down_per_round = 0
-  else:
-    up_per_round = fl.clients_per_round * compression.upload_bits(
-        builders.make_compressor(config), server_params) // 8
-    down_per_round = fl.clients_per_round * compression.model_bits(server_params) // 8
+  padded_clients = sharding.pad_multiple(fl.clients_per_round, mesh, exp.engine.client_chunk_size)
 
   def comm_bytes(rounds_done: int) -> dict:
-    return {"bytes_up": rounds_done * up_per_round, "bytes_down": rounds_done * down_per_round}
+    return {"bytes_up": rounds_done * exp.bytes_up_per_round,
+            "bytes_down": rounds_done * exp.bytes_down_per_round}
 
-  prefetcher = batching.Prefetcher(make_batch, stop=fl.rounds)
-  round_fn = sharding.jit_round(alg.round, mesh)
-  eval_fn = _make_eval_fn(model)
-  analysis_fn = _make_analysis_fn(config, model, ds)
+  def evaluate(params, round_idx: int, extra: dict | None = None) -> dict:
+    results = exp.evaluator.splits(params)
+    for split, res in results.items():
+      res.update(round=round_idx, split=split, **(extra or {}))
+      if extra is not None:
+        writer.write(res)
+    log.info("round %d: val acc %.4f auc %.4f | test acc %.4f auc %.4f", round_idx,
+             results["val"]["accuracy"], results["val"]["auc"],
+             results["test"]["accuracy"], results["test"]["auc"])
+    return results
+
+  prefetcher = batching.Prefetcher(functools.partial(exp.make_batch, pad_clients_to=padded_clients),
+                                   stop=fl.rounds)
+  round_fn = sharding.jit_round(exp.algorithm.round, mesh)
+  analysis_fn = _make_analysis_fn(config, exp.model, ds)
   progress = _Progress(config.log.progress, fl.rounds, start)
   first_round_s = None
   try:
@@ -272,8 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       progress.update(r + 1, train_loss)
       done = r + 1 == fl.rounds
       if (r + 1) % config.eval.every == 0 or done:
-        _evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, r + 1, writer,
-                          {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
+        evaluate(state.params, r + 1,
+                 {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
       if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
         writer.write({"round": r + 1, "split": "analysis", **analysis_fn(state.params, r + 1)})
       if (r + 1) % config.ckpt.every == 0 or done:
@@ -282,29 +145,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
     progress.close()
     prefetcher.close()
 
-  final = {}
   records = metrics.read_jsonl(writer.path)
+  final = {}
   for split in ("val", "test"):
     last = [x for x in records if x["split"] == split and x["round"] == fl.rounds]
     if not last:  # resumed an already finished run: evaluate again
-      last = [_evaluate_and_log(eval_fn, state.params, ds, config.eval.batch_size, fl.rounds,
-                                None)[split]]
+      last = [evaluate(state.params, fl.rounds)[split]]
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
   clients = None
-  if config.algorithm.name != "centralized":
-    bs = config.eval.batch_size
-    client_predict = None
-    if hasattr(state, "local_norms"):  # FedBN: each client with its own BatchNorm layers
-      norms = jax.device_get(state.local_norms)
-      client_predict = lambda c, x: predict_probs(  # noqa: E731
-          eval_fn, fedbn_client_params(state.params, norms, c), x, bs)
-    clients = client_eval.summarize(client_eval.client_accuracies(
-        lambda x: predict_probs(eval_fn, state.params, x, bs),
-        ds.test.images, ds.test.labels, part, ds.train.labels, ds.num_classes,
-        site_shift_strength=config.partition.site_shift, seed=config.seed,
-        client_predict=client_predict,
-    ))
-    clients["model"] = "local BatchNorm per client" if client_predict else "global"
+  if exp.federated:
+    own = exp.algorithm.client_params
+    host_state = jax.device_get(state) if own is not None else None
+    clients = exp.evaluator.clients(
+        state.params, None if own is None else functools.partial(own, host_state))
   target = config.comm.target_accuracy
   reached = [x["round"] for x in records if x["split"] == "test" and x["accuracy"] >= target]
   summary = {
@@ -314,11 +167,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       "model": config.model.name,
       "num_clients": fl.num_clients,
       "clients_per_round": fl.clients_per_round,
-      "local_steps": local_steps,
-      "sample_gradients_per_round": fl.clients_per_round * local_steps * fl.batch_size,
+      "local_steps": exp.local_steps,
+      "sample_gradients_per_round": fl.clients_per_round * exp.local_steps * fl.batch_size,
       "wall_time_s": time.time() - t_start,
       "time_to_first_round_s": first_round_s,
-      "engine": eng._asdict(),
+      "engine": exp.engine._asdict(),
       "compressor": config.comm.compressor,
       "total_bytes_up": comm_bytes(fl.rounds)["bytes_up"],
       "total_bytes_down": comm_bytes(fl.rounds)["bytes_down"],
@@ -347,46 +200,11 @@ def _make_analysis_fn(config: ml_collections.ConfigDict, model, ds):
   if not a.every:
     return None
   # Imported here: only runs that log sharpness pay for it.
-  from fedjax_med.analysis import report, runs
+  from fedjax_med.analysis import measures, runs
 
   images, labels = runs.eval_subset(ds, a.split, a.examples, config.seed)
-  options = report.SharpnessOptions(
+  options = measures.SharpnessOptions(
       batch_size=a.batch_size, lanczos_iters=a.lanczos_iters, lanczos_tol=a.lanczos_tol, top_k=1,
       probes=a.probes, eps=a.eps, m=a.m, rho=a.rho,
   )
-  return report.make_round_metrics_fn(model, images, labels, options, seed=config.seed)
-
-
-def _round_batch(
-    round_idx, *, config, images, labels, part, pad_clients_to, local_steps
-) -> types.ClientBatch:
-  fl = config.fl
-  client_ids = batching.sample_clients(fl.num_clients, fl.clients_per_round, config.seed, round_idx)
-  return batching.make_client_batch(
-      images,
-      labels,
-      part,
-      client_ids,
-      local_steps=local_steps,
-      batch_size=fl.batch_size,
-      seed=config.seed,
-      round_idx=round_idx,
-      pad_clients_to=pad_clients_to,
-      local_epochs=fl.local_epochs or None,
-  )
-
-
-def _evaluate_and_log(eval_fn, params, ds, batch_size, round_idx, writer, extra=None) -> dict:
-  results = {}
-  for split in ("val", "test"):
-    res = evaluate(eval_fn, params, ds.split(split), batch_size)
-    res.update(round=round_idx, split=split, **(extra or {}))
-    if writer is not None:
-      writer.write(res)
-    results[split] = res
-  log.info(
-      "round %d: val acc %.4f auc %.4f | test acc %.4f auc %.4f", round_idx,
-      results["val"]["accuracy"], results["val"]["auc"],
-      results["test"]["accuracy"], results["test"]["auc"],
-  )
-  return results
+  return measures.make_round_metrics_fn(model, images, labels, options, seed=config.seed)

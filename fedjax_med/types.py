@@ -39,14 +39,28 @@ class ClientBatch(NamedTuple):
   client_id: Array  # [C] int32; -1 for padding clients
 
 
+class ClientState(NamedTuple):
+  """Every client's private state, one stacked row per client (leaves [N, ...]).
+
+  A round gathers the sampled clients' rows, runs the clients, and scatters the
+  new rows of real clients back (``algorithms.base.federated_round``); clients
+  never sampled keep their initial row. Fields that an algorithm does not use
+  are ``None``.
+  """
+
+  algorithm: PyTree = None  # the algorithm's rows: SCAFFOLD's c_i, FedDyn's g_i, FedBN's norms
+  residual: PyTree = None  # error-feedback residual of each client's upload (compression)
+
+
 class ServerState(NamedTuple):
-  """The server side of a federated algorithm (what a checkpoint holds)."""
+  """The whole state of a federated algorithm (what a checkpoint holds)."""
 
   params: Params  # the server model (a full variables dict for flax models)
   opt_state: optax.OptState  # server optimizer state
   round: Array  # int32 scalar: rounds completed
   rng: PRNGKey  # uint32 [2]; the round key is fold_in(rng, round)
-  comm: PyTree = None  # error-feedback residual of every client [N, ...] (compression), or None
+  server: PyTree = None  # the algorithm's server-side extras (SCAFFOLD's c, FedDyn's h), or None
+  client_state: ClientState | None = None  # per-client rows [N, ...], or None (stateless)
 
 
 class RoundMetrics(NamedTuple):
@@ -64,7 +78,11 @@ class FederatedAlgorithm(NamedTuple):
   ``init(params, rng) -> ServerState``;
   ``round(state, clients: ClientBatch) -> (ServerState, RoundMetrics)``.
   Neither is jitted: jit (and shard, donate) at the call site.
+  ``client_params(state, client_id) -> Params``, where given, is client
+  ``client_id``'s own model (FedBN: the global model with the client's own
+  BatchNorm layers); ``None`` means every client uses ``state.params``.
   """
 
   init: Callable[[Params, PRNGKey], ServerState]
   round: Callable[[ServerState, ClientBatch], tuple[ServerState, RoundMetrics]]
+  client_params: Callable[[ServerState, int], Params] | None = None

@@ -121,8 +121,8 @@ def reference_fedavg_topk(params, rounds, fraction, num_clients):
 
 def test_fedavg_topk_error_feedback_matches_reference_loop():
   comp = compression.topk(0.2)
-  alg = algorithms.fedavg(linear_loss, optax.sgd(LR), optax.sgd(1.0), compressor=comp,
-                          error_feedback_clients=4)
+  alg = algorithms.fedavg(linear_loss, optax.sgd(LR), optax.sgd(1.0), plan=algorithms.RoundPlan(
+      num_clients=4, compressor=comp, error_feedback=True))
   state = alg.init(make_params(), jax.random.PRNGKey(0))
   round_fn = jax.jit(alg.round)
   for r in range(3):
@@ -130,33 +130,32 @@ def test_fedavg_topk_error_feedback_matches_reference_loop():
   ref_params, ref_residual = reference_fedavg_topk(make_params(), 3, 0.2, 4)
   chex.assert_trees_all_close(state.params, ref_params, rtol=1e-5, atol=1e-6)
   for c in range(3):  # client 3 is padding in make_clients: never written
-    chex.assert_trees_all_close(jax.tree.map(lambda x, c=c: x[c], state.comm), ref_residual[c],
+    chex.assert_trees_all_close(jax.tree.map(lambda x, c=c: x[c], state.client_state.residual), ref_residual[c],
                                 rtol=1e-5, atol=1e-6)
-  assert float(jnp.abs(state.comm["w"][3]).sum()) == 0.0
+  assert float(jnp.abs(state.client_state.residual["w"][3]).sum()) == 0.0
 
 
 def test_identity_compressor_equals_plain_fedavg_exactly():
   plain = algorithms.fedavg(linear_loss, optax.sgd(LR), optax.sgd(1.0))
-  ident = algorithms.fedavg(linear_loss, optax.sgd(LR), optax.sgd(1.0),
-                            compressor=compression.identity(), error_feedback_clients=4)
+  ident = algorithms.fedavg(linear_loss, optax.sgd(LR), optax.sgd(1.0), plan=algorithms.RoundPlan(
+      num_clients=4, compressor=compression.identity(), error_feedback=True))
   a = plain.init(make_params(), jax.random.PRNGKey(0))
   b = ident.init(make_params(), jax.random.PRNGKey(0))
   for r in range(2):
     a, _ = jax.jit(plain.round)(a, make_clients(seed=r))
     b, _ = jax.jit(ident.round)(b, make_clients(seed=r))
   chex.assert_trees_all_equal(a.params, b.params)
-  assert float(jnp.abs(b.comm["w"]).max()) == 0.0
+  assert float(jnp.abs(b.client_state.residual["w"]).max()) == 0.0
 
 
 @pytest.mark.parametrize("name", ["scaffold", "feddyn"])
 def test_stateful_algorithms_accept_compression(name):
   comp = compression.quantize(8)
+  plan = algorithms.RoundPlan(num_clients=4, compressor=comp, error_feedback=True)
   if name == "scaffold":
-    alg = algorithms.scaffold(linear_loss, LR, optax.sgd(1.0), num_clients=4, compressor=comp,
-                              error_feedback=True)
+    alg = algorithms.scaffold(linear_loss, optax.sgd(LR), optax.sgd(1.0), client_lr=LR, plan=plan)
   else:
-    alg = algorithms.feddyn(linear_loss, optax.sgd(LR), alpha=0.1, num_clients=4,
-                            compressor=comp, error_feedback=True)
+    alg = algorithms.feddyn(linear_loss, optax.sgd(LR), optax.sgd(1.0), alpha=0.1, plan=plan)
   state = alg.init(make_params(), jax.random.PRNGKey(0))
   state, _ = jax.jit(alg.round)(state, make_clients())
-  assert state.comm is not None and bool(jnp.all(jnp.isfinite(state.comm["w"])))
+  assert state.client_state.residual is not None and bool(jnp.all(jnp.isfinite(state.client_state.residual["w"])))

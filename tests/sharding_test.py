@@ -17,7 +17,7 @@ def test_eight_fake_devices_are_configured():
 @pytest.mark.parametrize("server_tx", ["sgd", "adam"])
 def test_sharded_round_equals_unsharded(chunk, server_tx):
   server = optax.sgd(1.0, momentum=0.9) if server_tx == "sgd" else optax.adam(0.05)
-  alg = algorithms.fedavg(linear_loss, optax.sgd(LR), server, client_chunk_size=chunk)
+  alg = algorithms.fedavg(linear_loss, optax.sgd(LR), server, plan=algorithms.RoundPlan(chunk_size=chunk))
   mesh = sharding.make_mesh()
   clients = [make_clients(num_clients=16, seed=r) for r in range(2)]
 

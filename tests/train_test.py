@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from fedjax_med import builders, compression, errors, metrics, train
+from fedjax_med import compression, errors, experiment, metrics, train
+from fedjax_med.algorithms import registry
 from fedjax_med.data import synthetic
 
 
@@ -76,18 +77,18 @@ def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch, 
   config = small_config(data_root, **overrides)
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
 
-  real_batch = train._round_batch
+  real_batch = experiment.Experiment.make_batch
 
-  def dying_batch(round_idx, **kw):
+  def dying_batch(self, round_idx, **kw):
     if round_idx == 3:  # dies during round 4, after the checkpoint at round 2
       raise Killed()
-    return real_batch(round_idx, **kw)
+    return real_batch(self, round_idx, **kw)
 
-  monkeypatch.setattr(train, "_round_batch", dying_batch)
+  monkeypatch.setattr(experiment.Experiment, "make_batch", dying_batch)
   with pytest.raises(Killed):
     train.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert not os.path.exists(tmp_path / "resumed" / "summary.json")
-  monkeypatch.setattr(train, "_round_batch", real_batch)
+  monkeypatch.setattr(experiment.Experiment, "make_batch", real_batch)
   resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
@@ -113,17 +114,17 @@ def test_resume_of_finished_run_rewrites_summary(data_root, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
   config = small_config(data_root, **{"ckpt.every": 1})
-  real_batch = train._round_batch
+  real_batch = experiment.Experiment.make_batch
 
-  def poisoned(round_idx, **kw):
-    batch = real_batch(round_idx, **kw)
+  def poisoned(self, round_idx, **kw):
+    batch = real_batch(self, round_idx, **kw)
     if round_idx == 2:
       image = batch.image.astype(np.float32)
       image[:] = np.nan
       batch = batch._replace(image=image)
     return batch
 
-  monkeypatch.setattr(train, "_round_batch", poisoned)
+  monkeypatch.setattr(experiment.Experiment, "make_batch", poisoned)
   with pytest.raises(errors.NonFiniteLossError, match="round 3"):
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
@@ -156,10 +157,10 @@ def test_missing_data_offline_is_a_clear_error(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
-@pytest.mark.parametrize("name", [n for n in builders.ALGORITHMS if n != "centralized"])
+@pytest.mark.parametrize("name", [n for n in registry.names() if registry.get(n).federated])
 def test_every_algorithm_runs_from_config(data_root, tmp_path, name):
-  overrides = {"algorithm.name": name, "fl.rounds": 2, "eval.every": 2, "ckpt.every": 2,
-               "fl.server_lr": 0.01 if name in ("fedadam", "fedyogi", "fedadagrad") else 1.0}
+  # The registry's server-optimizer defaults (fedadam: lr 0.01, ...) apply.
+  overrides = {"algorithm.name": name, "fl.rounds": 2, "eval.every": 2, "ckpt.every": 2}
   if name == "fedbn":
     overrides["model.name"] = "resnet_tiny_bn"
   state = train.train_and_evaluate(small_config(data_root, **overrides), str(tmp_path))
@@ -182,17 +183,17 @@ def test_swa_wraps_any_algorithm_and_resumes(data_root, tmp_path, monkeypatch):
                                       "algorithm.swa_fraction": 0.5})
   full = train.train_and_evaluate(config, str(tmp_path / "a"))
   assert int(full.swa_count) == 2  # rounds 3 and 4 of 4
-  real_batch = train._round_batch
+  real_batch = experiment.Experiment.make_batch
 
-  def dying_batch(round_idx, **kw):
+  def dying_batch(self, round_idx, **kw):
     if round_idx == 3:
       raise Killed()
-    return real_batch(round_idx, **kw)
+    return real_batch(self, round_idx, **kw)
 
-  monkeypatch.setattr(train, "_round_batch", dying_batch)
+  monkeypatch.setattr(experiment.Experiment, "make_batch", dying_batch)
   with pytest.raises(Killed):
     train.train_and_evaluate(config, str(tmp_path / "b"))
-  monkeypatch.setattr(train, "_round_batch", real_batch)
+  monkeypatch.setattr(experiment.Experiment, "make_batch", real_batch)
   resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
 
@@ -211,7 +212,7 @@ def test_compression_bytes_accounting(data_root, tmp_path):
   assert summary["total_bytes_up"] == 4 * up and summary["compressor"] == "topk"
   assert summary["rounds_to_target"] == 2 and summary["bytes_up_to_target"] == 2 * up
   assert up < down / 4  # ~10% of the entries as (value, index) pairs: ~1/5 of the bytes
-  assert state.comm is not None
+  assert state.client_state.residual is not None
 
 
 def test_periodic_sharpness_logging(data_root, tmp_path):
@@ -228,7 +229,7 @@ def test_site_feature_skew_run(data_root, tmp_path):
   config = small_config(data_root, **{"fl.rounds": 2, "partition.site_shift": 1.0})
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.round) == 2
-  exp = train.build(config)
-  plain = train.build(small_config(data_root))
+  exp = experiment.build(config)
+  plain = experiment.build(small_config(data_root))
   assert not np.array_equal(exp.dataset.train.images, plain.dataset.train.images)
   np.testing.assert_array_equal(exp.dataset.test.images, plain.dataset.test.images)

@@ -9,7 +9,7 @@ gamma/bias/blur/noise, fedjax_med/data/site_shift.py) for FedAvg, FedProx,
 SCAFFOLD, FedAdam and FedBN. The report gives final test accuracy / AUC,
 rounds to 95% of the IID FedAvg accuracy and the worst client's accuracy (test
 split reweighted to its label mix and rendered through its scanner,
-fedjax_med/client_eval.py).
+fedjax_med/evaluation.py).
 
 cpu (20 rounds, 10 clients, S=5, seeds 0-2), three grids:
   A. FedAvg x every label-skew alpha and IID, PneumoniaMNIST and BreastMNIST;

@@ -1,17 +1,30 @@
-"""Federated algorithms as ``(init, round)`` pairs of pure functions."""
+"""Federated algorithms as ``(init, round)`` pairs of pure functions.
 
-from fedjax_med.algorithms import aggregate, base, client_store, local
+Public API: the builders (each ``builder(loss_fn, client_optimizer,
+server_optimizer, *, <hyper-parameters>, plan)``), the :class:`RoundPlan` they
+share, the aggregators, the ``registry`` that names them, and ``swa``. The
+modules ``base`` (the round skeleton), ``local`` (the local-update primitive
+and the client map), ``client_store`` (stacked per-client rows) and
+``aggregate`` (tree arithmetic over the client axis) are internals: importable
+for research code that builds new algorithms, but their signatures may change
+between releases.
+"""
+
+from fedjax_med.algorithms import aggregate, aggregators, base, client_store, local, registry
+from fedjax_med.algorithms.aggregators import Aggregator
+from fedjax_med.algorithms.base import RoundPlan
 from fedjax_med.algorithms.centralized import centralized
 from fedjax_med.algorithms.fedavg import fedavg
 from fedjax_med.algorithms.fedbn import fedbn, is_batchnorm_leaf
 from fedjax_med.algorithms.feddyn import feddyn
 from fedjax_med.algorithms.fedprox import fedprox, proximal_loss
 from fedjax_med.algorithms.fedsam import fedsam, sam_grad_fn
+from fedjax_med.algorithms.registry import build
 from fedjax_med.algorithms.scaffold import scaffold
 from fedjax_med.algorithms.swa import cyclical_lr, swa
 
 __all__ = [
-    "aggregate", "base", "centralized", "client_store", "cyclical_lr", "fedavg", "fedbn", "feddyn",
-    "fedprox", "fedsam", "is_batchnorm_leaf", "local", "proximal_loss", "sam_grad_fn", "scaffold",
-    "swa",
+    "Aggregator", "RoundPlan", "aggregators", "build", "centralized", "cyclical_lr", "fedavg",
+    "fedbn", "feddyn", "fedprox", "fedsam", "is_batchnorm_leaf", "proximal_loss", "registry",
+    "sam_grad_fn", "scaffold", "swa",
 ]

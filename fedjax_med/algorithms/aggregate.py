@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from fedjax_med import types
 
-_EPS = 1e-12
+EPS = 1e-12
 
 
 def _broadcast_weight(weight: types.Array, leaf: types.Array) -> types.Array:
@@ -27,7 +27,7 @@ def weighted_sum(stacked: types.PyTree, weight: types.Array) -> types.PyTree:
 
 def weighted_mean(stacked: types.PyTree, weight: types.Array) -> types.PyTree:
   """``sum_c w_c x_c / sum_c w_c``; zero-weight (padding) clients drop out."""
-  total = jnp.maximum(jnp.sum(weight), _EPS)
+  total = jnp.maximum(jnp.sum(weight), EPS)
   return jax.tree.map(lambda s: s / total.astype(s.dtype), weighted_sum(stacked, weight))
 
 

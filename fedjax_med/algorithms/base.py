@@ -1,5 +1,20 @@
-"""Pieces every federated algorithm shares: server state init, round keys,
-the averaging round skeleton, the server update and the round metrics."""
+"""The round skeleton every federated algorithm shares (internal; see ``algorithms``).
+
+``federated_round(client_fn, server_fn, server_optimizer, plan)`` is one round:
+
+1. **gather** the sampled clients' rows of the per-client state
+   (``ServerState.client_state``, stacked ``[N, ...]``);
+2. **map** ``client_fn`` over the clients (vmapped, chunked: ``local.map_clients``),
+   compressing each upload when the plan says so;
+3. **scatter** the real clients' new rows back;
+4. **aggregate** the deltas with the plan's :class:`~aggregators.Aggregator`;
+5. **server update**: ``server_fn`` turns the aggregate into the
+   pseudo-gradient (and updates the algorithm's server extras), then the server
+   optimizer applies it.
+
+An algorithm is a ``client_fn`` (what one client does from the server state and
+its own row) and, if its server does more than average, a ``server_fn``.
+"""
 
 from __future__ import annotations
 
@@ -11,41 +26,44 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import compression, types
-from fedjax_med.algorithms import aggregate, client_store, local
+from fedjax_med.algorithms import aggregate, aggregators, client_store, local
 from fedjax_med.types import PyTree
 
 
-def init_server_state(
-  params, optimizer: optax.GradientTransformation, rng, *, error_feedback_clients: int = 0
-) -> types.ServerState:
-  """A float32 server state with optimizer state, round 0 and a raw uint32 key.
+class RoundPlan(NamedTuple):
+  """How a round executes: the same for every algorithm, chosen at the call site.
 
-  ``error_feedback_clients`` > 0 adds a zero residual per client (``comm``) for
-  compression with error feedback.
+  Attributes:
+    num_clients: N, the number of clients in the federation: rows of the
+      per-client state (stateful algorithms, error feedback). 0 = unknown
+      (stateless algorithms without error feedback need not know it).
+    chunk_size: clients vectorized together (``None`` = all at once).
+    unroll: ``lax.scan`` unroll of the local steps.
+    compressor: compress each client's upload (``fedjax_med.compression``).
+    error_feedback: keep each client's unsent residual (needs ``compressor``
+      and ``num_clients``).
+    aggregator: how the deltas become one pseudo-gradient (``aggregators``).
   """
-  params = aggregate.cast_floats(params)
-  comm = None
-  if error_feedback_clients:
-    comm = client_store.init(jax.tree.map(jnp.zeros_like, params), error_feedback_clients)
-  return types.ServerState(
-    params=params,
-    opt_state=aggregate.cast_floats(optimizer.init(params)),
-    round=jnp.zeros((), jnp.int32),
-    rng=raw_key(rng),
-    comm=comm,
-  )
+
+  num_clients: int = 0
+  chunk_size: int | None = None
+  unroll: int | bool = 1
+  compressor: compression.Compressor | None = None
+  error_feedback: bool = False
+  aggregator: aggregators.Aggregator = aggregators.mean()
 
 
-def comm_rows(state, clients: types.ClientBatch):
-  """The sampled clients' error-feedback residuals (None without error feedback)."""
-  return None if state.comm is None else client_store.gather(state.comm, clients.client_id)
-
-
-def comm_update(state, clients: types.ClientBatch, res: local.ClientsResult):
-  """The residual store after this round (only real clients are written)."""
-  if state.comm is None:
-    return None
-  return client_store.scatter(state.comm, clients.client_id, res.residual, clients.weight > 0)
+def check_plan(plan: RoundPlan, algorithm: str, *, stateful: bool) -> None:
+  """Raises ``ValueError`` if ``plan`` cannot run ``algorithm``."""
+  if stateful and plan.num_clients < 1:
+    raise ValueError(
+      f"{algorithm} keeps a state row per client: pass plan=RoundPlan(num_clients=N, ...)"
+    )
+  if plan.error_feedback and (plan.compressor is None or plan.num_clients < 1):
+    raise ValueError(
+      f"{algorithm}: error feedback needs plan.compressor and plan.num_clients (one residual "
+      "per client)"
+    )
 
 
 def raw_key(rng) -> types.Array:
@@ -56,21 +74,145 @@ def raw_key(rng) -> types.Array:
   return rng.astype(jnp.uint32)
 
 
-def round_keys(state, num_clients: int) -> types.Array:
+def init_state(
+  params: types.Params,
+  optimizer: optax.GradientTransformation,
+  rng: types.PRNGKey,
+  plan: RoundPlan = RoundPlan(),
+  *,
+  server: Callable[[types.Params], PyTree] | None = None,
+  client_row: Callable[[types.Params], PyTree] | None = None,
+) -> types.ServerState:
+  """A float32 server state at round 0.
+
+  Args:
+    params: the initial model (cast to float32: the state fed to round 1 must
+      have exactly the dtypes round 1 returns, or round 2 retraces).
+    optimizer: the server optimizer (its state is initialized here).
+    rng: the run's key (stored raw; round keys are derived from it).
+    plan: with ``error_feedback``, every client gets a zero residual.
+    server: ``params -> extras`` kept by the server (e.g. SCAFFOLD's ``c``).
+    client_row: ``params -> row``: every client's initial state row.
+  """
+  params = aggregate.cast_floats(params)
+  rows = None if client_row is None else client_row(params)
+  residual = jax.tree.map(jnp.zeros_like, params) if plan.error_feedback else None
+  client_state = None
+  if rows is not None or residual is not None:
+    client_state = client_store.init(types.ClientState(rows, residual), plan.num_clients)
+  return types.ServerState(
+    params=params,
+    opt_state=aggregate.cast_floats(optimizer.init(params)),
+    round=jnp.zeros((), jnp.int32),
+    rng=raw_key(rng),
+    server=None if server is None else server(params),
+    client_state=client_state,
+  )
+
+
+def round_keys(state: types.ServerState, num_clients: int) -> types.Array:
   """[C] client keys: ``split(fold_in(state.rng, state.round), C)``."""
   return jax.random.split(jax.random.fold_in(state.rng, state.round), num_clients)
-
-
-def mean_delta(res: local.ClientsResult) -> types.PyTree:
-  """The weighted mean of client deltas (the pseudo-gradient)."""
-  total = jnp.maximum(res.weight_sum, 1e-12)
-  return jax.tree.map(lambda d: d / total.astype(d.dtype), res.delta_sum)
 
 
 def server_update(optimizer, params, opt_state, pseudo_grad):
   """``optimizer.update`` on the pseudo-gradient, then ``optax.apply_updates``."""
   updates, opt_state = optimizer.update(pseudo_grad, opt_state, params)
   return optax.apply_updates(params, updates), opt_state
+
+
+class Aggregate(NamedTuple):
+  """What ``server_fn`` gets after the clients ran."""
+
+  pseudo_grad: PyTree  # the aggregator's output (FedAvg: the weighted mean delta)
+  row_change_sum: PyTree  # sum over real clients of (new row - old row); None if stateless
+  clients: local.ClientsResult  # per-client losses, steps, norms
+
+
+# client_fn(state, data_c, row_c, key_c) -> (LocalResult, new_row_c): one client from the
+# server state (without the per-client store), its data dict [S, B, ...] and its own state
+# row (None for stateless algorithms; then new_row_c is None too).
+ClientFn = Callable[[types.ServerState, dict, PyTree, types.PRNGKey], tuple[local.LocalResult, PyTree]]
+# server_fn(state, aggregate) -> (pseudo_grad, new server extras).
+ServerFn = Callable[[types.ServerState, Aggregate], tuple[PyTree, PyTree]]
+
+
+def federated_round(
+  client_fn: ClientFn,
+  server_optimizer: optax.GradientTransformation,
+  plan: RoundPlan,
+  server_fn: ServerFn | None = None,
+) -> Callable[[types.ServerState, types.ClientBatch], tuple[types.ServerState, types.RoundMetrics]]:
+  """The round function: gather -> map -> scatter -> aggregate -> server update.
+
+  ``server_fn`` defaults to "the aggregate is the pseudo-gradient, the server
+  extras are unchanged" (FedAvg).
+  """
+  agg = plan.aggregator
+
+  def round_fn(state: types.ServerState, clients: types.ClientBatch):
+    store = state.client_state
+    rows = None if store is None else client_store.gather(store, clients.client_id)
+    alg_rows = None if rows is None else rows.algorithm
+    shared = state._replace(client_state=None)
+
+    def one_client(inputs, key):
+      data, row = inputs
+      return client_fn(shared, data, row, key)
+
+    res = local.map_clients(
+      one_client,
+      state.params,
+      (local.client_data(clients), alg_rows),
+      clients.weight,
+      round_keys(state, clients.weight.shape[0]),
+      chunk_size=plan.chunk_size,
+      compressor=plan.compressor,
+      residual=None if rows is None else rows.residual,
+      stacked=not agg.streaming,
+    )
+    real = clients.weight > 0
+    change_sum = None
+    if alg_rows is not None:
+      change_sum = aggregate.weighted_sum(
+        jax.tree.map(jnp.subtract, res.extra, alg_rows), real.astype(jnp.float32)
+      )
+    if store is not None:
+      new_rows = types.ClientState(res.extra, res.residual)
+      store = client_store.scatter(store, clients.client_id, new_rows, real)
+    if agg.streaming:
+      mean = agg.aggregate(res.delta_sum, res.weight_sum)
+    else:
+      mean = agg.aggregate(res.deltas, clients.weight)
+    aggregated = Aggregate(mean, change_sum, res._replace(deltas=None))
+    if server_fn is None:
+      pseudo_grad, server = mean, state.server
+    else:
+      pseudo_grad, server = server_fn(shared, aggregated)
+    params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
+    new_state = types.ServerState(params, opt_state, state.round + 1, state.rng, server, store)
+    return new_state, round_metrics(res, pseudo_grad)
+
+  return round_fn
+
+
+def stateless(
+    client_fn, server_optimizer: optax.GradientTransformation, plan: RoundPlan, name: str
+) -> types.FederatedAlgorithm:
+  """The FedAvg server around a stateless ``client_fn(server_params, data_c, key_c) -> LocalResult``.
+
+  FedAvg, FedProx and FedSAM differ only in their ``client_fn``.
+  """
+  check_plan(plan, name, stateful=False)
+
+  def init_fn(params: types.Params, rng: types.PRNGKey) -> types.ServerState:
+    return init_state(params, server_optimizer, rng, plan)
+
+  def per_client(state, data, row, key):
+    del row  # no algorithm state per client
+    return client_fn(state.params, data, key), None
+
+  return types.FederatedAlgorithm(init_fn, federated_round(per_client, server_optimizer, plan))
 
 
 def round_metrics(res: local.ClientsResult, pseudo_grad) -> types.RoundMetrics:
@@ -80,86 +222,3 @@ def round_metrics(res: local.ClientsResult, pseudo_grad) -> types.RoundMetrics:
     update_norm=res.update_norm,
     pseudo_grad_norm=aggregate.tree_norm(pseudo_grad),
   )
-
-
-class StatefulClients(NamedTuple):
-  clients: local.ClientsResult  # as map_clients; ``extra`` = the clients' new state rows
-  old_rows: PyTree  # the sampled clients' state rows before the round [C, ...]
-  store: PyTree  # the store with the real clients' new rows written back
-  change_sum: PyTree  # sum over real clients of (new row - old row)
-
-
-def map_stateful_clients(
-    client_fn,
-    state,
-    clients: types.ClientBatch,
-    store,
-    *,
-    chunk_size: int | None = None,
-    compressor: compression.Compressor | None = None,
-) -> StatefulClients:
-  """``map_clients`` for algorithms with per-client state kept in ``store`` [N, ...].
-
-  Gathers the sampled clients' rows, runs ``client_fn(server_params, (data_c,
-  row_c), key_c) -> (LocalResult, new_row_c)`` on every client, and scatters the
-  new rows of real (weight > 0) clients back.
-  """
-  old = client_store.gather(store, clients.client_id)
-  res = local.map_clients(
-      client_fn,
-      state.params,
-      (local.client_data(clients), old),
-      clients.weight,
-      round_keys(state, clients.weight.shape[0]),
-      chunk_size=chunk_size,
-      compressor=compressor,
-      residual=comm_rows(state, clients),
-  )
-  valid = clients.weight > 0
-  change = aggregate.weighted_sum(
-      jax.tree.map(jnp.subtract, res.extra, old), valid.astype(jnp.float32)
-  )
-  new_store = client_store.scatter(store, clients.client_id, res.extra, valid)
-  return StatefulClients(res, old, new_store, change)
-
-
-def averaging_algorithm(
-  client_fn: Callable[[types.Params, dict, types.PRNGKey], local.LocalResult],
-  server_optimizer: optax.GradientTransformation,
-  *,
-  client_chunk_size: int | None = None,
-  compressor: compression.Compressor | None = None,
-  error_feedback_clients: int = 0,
-) -> types.FederatedAlgorithm:
-  """FedAvg's round around any stateless ``client_fn(server_params, data_c, key_c)``.
-
-  FedAvg, FedProx and FedSAM differ only in their ``client_fn``. With a
-  ``compressor`` the server aggregates the decoded compressed deltas; with
-  ``error_feedback_clients`` = N each of the N clients keeps a residual.
-  """
-
-  def init_fn(params: types.Params, rng: types.PRNGKey) -> types.ServerState:
-    return init_server_state(
-      params, server_optimizer, rng, error_feedback_clients=error_feedback_clients
-    )
-
-  def round_fn(state: types.ServerState, clients: types.ClientBatch):
-    keys = round_keys(state, clients.weight.shape[0])
-    res = local.map_clients(
-      client_fn,
-      state.params,
-      local.client_data(clients),
-      clients.weight,
-      keys,
-      chunk_size=client_chunk_size,
-      compressor=compressor,
-      residual=comm_rows(state, clients),
-    )
-    pseudo_grad = mean_delta(res)
-    params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
-    new_state = types.ServerState(
-      params, opt_state, state.round + 1, state.rng, comm_update(state, clients, res)
-    )
-    return new_state, round_metrics(res, pseudo_grad)
-
-  return types.FederatedAlgorithm(init_fn, round_fn)

@@ -20,23 +20,33 @@ from fedjax_med.algorithms import aggregate, base, local
 
 def centralized(
     loss_fn: types.LossFn,
-    optimizer: optax.GradientTransformation,
+    client_optimizer: optax.GradientTransformation,
+    server_optimizer: optax.GradientTransformation | None = None,
     *,
-    unroll: int | bool = 1,
+    plan: base.RoundPlan = base.RoundPlan(),
 ) -> types.FederatedAlgorithm:
   """Builds plain minibatch training as an ``(init, round)`` pair.
 
   Args:
     loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)``.
-    optimizer: the optax transform; its state lives in ``ServerState.opt_state``.
-    unroll: ``lax.scan`` unroll of the steps.
+    client_optimizer: the optax transform of the one model; its state lives in
+      ``ServerState.opt_state`` and persists across rounds.
+    server_optimizer: unused (there is no server step); accepted so that every
+      builder has the same signature.
+    plan: only ``plan.unroll`` (``lax.scan`` unroll of the steps) applies;
+      nothing is sent, so a compressor is an error.
 
   Returns:
     ``FederatedAlgorithm``; ``metrics.client_loss`` is [C, S] in step order,
     ``update_norm`` [C] is the norm of the whole round's change (same for all C).
   """
+  del server_optimizer
+  if plan.compressor is not None or plan.error_feedback:
+    raise ValueError("centralized training sends nothing: build it without a compressor")
+  optimizer, unroll = client_optimizer, plan.unroll
+
   def init_fn(params, rng):
-    return base.init_server_state(params, optimizer, rng)
+    return base.init_state(params, optimizer, rng)
 
   def round_fn(state: types.ServerState, clients: types.ClientBatch):
     num_clients, num_steps = clients.mask.shape[:2]

@@ -13,11 +13,9 @@ FedAvg; with momentum it is FedAvgM, with ``optax.adam`` FedAdam.
 
 from __future__ import annotations
 
-import functools
-
 import optax
 
-from fedjax_med import compression, types
+from fedjax_med import types
 from fedjax_med.algorithms import base, local
 
 
@@ -26,31 +24,22 @@ def fedavg(
     client_optimizer: optax.GradientTransformation,
     server_optimizer: optax.GradientTransformation,
     *,
-    client_chunk_size: int | None = None,
-    local_unroll: int | bool = 1,
-    compressor: compression.Compressor | None = None,
-    error_feedback_clients: int = 0,
+    plan: base.RoundPlan = base.RoundPlan(),
 ) -> types.FederatedAlgorithm:
   """Builds FedAvg as an ``(init, round)`` pair.
 
   Args:
     loss_fn: ``loss_fn(params, batch, rng) -> (loss, aux)``; see ``types.LossFn``.
     client_optimizer: optax transform run for S local steps on each client.
-    server_optimizer: optax transform applied to the averaged delta.
-    client_chunk_size: clients vectorized together (``None`` = all at once).
-    local_unroll: ``lax.scan`` unroll of the local steps.
-    compressor: compress each client's delta (``fedjax_med.compression``).
-    error_feedback_clients: N > 0 keeps an error-feedback residual per client.
+    server_optimizer: optax transform applied to the aggregated delta.
+    plan: chunking, unroll, compression and aggregation (``base.RoundPlan``).
 
   Returns:
     ``FederatedAlgorithm(init, round)``; ``round(state, clients)`` is pure and
     jit-able as one function.
   """
-  client_fn = functools.partial(local.local_train, loss_fn, client_optimizer, unroll=local_unroll)
-  return base.averaging_algorithm(
-      client_fn,
-      server_optimizer,
-      client_chunk_size=client_chunk_size,
-      compressor=compressor,
-      error_feedback_clients=error_feedback_clients,
-  )
+
+  def client_fn(params, data, key):
+    return local.local_train(loss_fn, client_optimizer, params, data, key, unroll=plan.unroll)
+
+  return base.stateless(client_fn, server_optimizer, plan, "fedavg")

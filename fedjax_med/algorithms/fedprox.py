@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med import compression, types
+from fedjax_med import types
 from fedjax_med.algorithms import base, local
 
 
@@ -36,10 +36,7 @@ def fedprox(
     server_optimizer: optax.GradientTransformation,
     *,
     mu: float,
-    client_chunk_size: int | None = None,
-    local_unroll: int | bool = 1,
-    compressor: compression.Compressor | None = None,
-    error_feedback_clients: int = 0,
+    plan: base.RoundPlan = base.RoundPlan(),
 ) -> types.FederatedAlgorithm:
   """Builds FedProx with proximal strength ``mu`` (other arguments as ``fedavg``).
 
@@ -50,13 +47,7 @@ def fedprox(
   def client_fn(server_params, data, key):
     return local.local_train(
         proximal_loss(loss_fn, server_params, mu), client_optimizer, server_params, data, key,
-        unroll=local_unroll,
+        unroll=plan.unroll,
     )
 
-  return base.averaging_algorithm(
-      client_fn,
-      server_optimizer,
-      client_chunk_size=client_chunk_size,
-      compressor=compressor,
-      error_feedback_clients=error_feedback_clients,
-  )
+  return base.stateless(client_fn, server_optimizer, plan, "fedprox")

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_med import compression, types
+from fedjax_med import types
 from fedjax_med.algorithms import aggregate, base, local
 
 
@@ -52,10 +52,7 @@ def fedsam(
     rho: float,
     adaptive: bool = False,
     eta: float = 0.01,
-    client_chunk_size: int | None = None,
-    local_unroll: int | bool = 1,
-    compressor: compression.Compressor | None = None,
-    error_feedback_clients: int = 0,
+    plan: base.RoundPlan = base.RoundPlan(),
 ) -> types.FederatedAlgorithm:
   """Builds FedSAM (``adaptive=False``) or FedASAM (``adaptive=True``).
 
@@ -66,13 +63,7 @@ def fedsam(
     Other arguments as ``fedavg``.
   """
   client_fn = functools.partial(
-      local.local_train, None, client_optimizer, unroll=local_unroll,
+      local.local_train, None, client_optimizer, unroll=plan.unroll,
       grad_fn=sam_grad_fn(loss_fn, rho, adaptive, eta),
   )
-  return base.averaging_algorithm(
-      client_fn,
-      server_optimizer,
-      client_chunk_size=client_chunk_size,
-      compressor=compressor,
-      error_feedback_clients=error_feedback_clients,
-  )
+  return base.stateless(client_fn, server_optimizer, plan, "fedasam" if adaptive else "fedsam")

@@ -129,13 +129,14 @@ def local_train(
 
 
 class ClientsResult(NamedTuple):
-  delta_sum: types.PyTree  # sum_c weight_c * (server_params - client_params_c)
+  delta_sum: types.PyTree  # sum_c weight_c * delta_c (None when ``stacked``)
   weight_sum: types.Array  # [] sum_c weight_c
   loss: types.Array  # [C, S]
   steps: types.Array  # [C] int32
-  update_norm: types.Array  # [C] ||server_params - client_params_c||
+  update_norm: types.Array  # [C] ||delta_c|| (0 for padding clients)
   extra: types.PyTree = None  # per-client outputs of client_fn, stacked [C, ...]
   residual: types.PyTree = None  # new error-feedback residuals [C, ...] (compression)
+  deltas: types.PyTree = None  # every client's (decoded) delta [C, ...] (only when ``stacked``)
 
 
 def client_data(clients: types.ClientBatch) -> dict:
@@ -150,25 +151,28 @@ def _pad_clients(tree, pad: int):
 
 
 def map_clients(
-  client_fn: Callable[..., LocalResult | tuple[LocalResult, types.PyTree]],
+  client_fn: Callable[[types.PyTree, types.PRNGKey], tuple[LocalResult, types.PyTree]],
   server_params: types.Params,
-  data: dict,
+  inputs: types.PyTree,
   weight: types.Array,
   keys: types.Array,
   *,
   chunk_size: int | None = None,
   compressor: compression.Compressor | None = None,
   residual: types.PyTree | None = None,
+  stacked: bool = False,
 ) -> ClientsResult:
-  """Runs ``client_fn`` on every client and sums the weighted deltas.
+  """Runs ``client_fn`` on every client and sums (or stacks) their deltas.
 
   Args:
-    client_fn: ``(params, data_c, key_c) -> LocalResult`` for one client, or
-      ``-> (LocalResult, extra_c)`` where ``extra_c`` is any per-client pytree
-      (returned stacked as ``ClientsResult.extra``).
-    server_params: the starting point of every client.
-    data: per-client inputs, any pytree with leading axis C (usually the
-      ``client_data`` dict, leaves [C, S, B, ...], possibly with client state).
+    client_fn: ``(inputs_c, key_c) -> (LocalResult, extra_c)`` for one client;
+      ``extra_c`` is any per-client pytree (``None`` for none), returned stacked
+      as ``ClientsResult.extra``. Values shared by all clients (the server
+      state) are closed over.
+    server_params: the starting point of every client; ``delta_c = server_params
+      - client_params_c``.
+    inputs: per-client inputs, any pytree with leading axis C (the
+      ``client_data`` dict, possibly with the clients' state rows).
     weight: [C] aggregation weights (0 = padding client).
     keys: [C] client keys.
     chunk_size: clients vectorized together. ``None`` (or >= C) vmaps all
@@ -179,6 +183,8 @@ def map_clients(
       ``fold_in(key_c, 1)``.
     residual: error-feedback memory [C, ...] shaped like the params (with
       ``compressor``); the new one is returned in ``ClientsResult.residual``.
+    stacked: return every client's delta ([C, ...] in ``deltas``) instead of
+      the weighted sum (memory grows with C: for stacked aggregators).
 
   Returns:
     A :class:`ClientsResult`; per-client arrays keep the original C.
@@ -187,26 +193,25 @@ def map_clients(
 
   def run_chunk(chunk):
     d, w, k, r = chunk
-    out = jax.vmap(client_fn, in_axes=(None, 0, 0))(server_params, d, k)
-    res, extra = out if isinstance(out, tuple) and not isinstance(out, LocalResult) else (out, None)
+    res, extra = jax.vmap(client_fn)(d, k)
     delta = jax.tree.map(lambda s, c: s[None] - c, server_params, res.params)
     new_r = None
     if compressor is not None:
       ckeys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k)
       compress = lambda x, kk, rr: compression.compress_tree(compressor, x, kk, rr)  # noqa: E731
       delta, new_r = jax.vmap(compress)(delta, ckeys, r)
-    return (
-      aggregate.weighted_sum(delta, w),
-      # Padding clients (weight 0) report a zero update norm.
-      (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra, new_r),
-    )
+    # Padding clients (weight 0) report a zero update norm.
+    per_client = (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra, new_r)
+    if stacked:
+      return None, per_client + (delta,)
+    return aggregate.weighted_sum(delta, w), per_client + (None,)
 
   if chunk_size is None or chunk_size >= num_clients:
-    delta_sum, (loss, steps, norms, extra, new_r) = run_chunk((data, weight, keys, residual))
+    delta_sum, per_client = run_chunk((inputs, weight, keys, residual))
   else:
     num_chunks = -(-num_clients // chunk_size)
     pad = num_chunks * chunk_size - num_clients
-    chunks = (data, weight, keys, residual)
+    chunks = (inputs, weight, keys, residual)
     if pad:
       chunks = _pad_clients(chunks, pad)
     # Chunk i holds clients {i, i + num_chunks, i + 2 * num_chunks, ...}: the
@@ -218,14 +223,15 @@ def map_clients(
     def body(acc, i):
       chunk = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 1, keepdims=False), chunks)
       delta_sum, per_client = run_chunk(chunk)
-      return jax.tree.map(jnp.add, acc, delta_sum), per_client
+      return (None if stacked else jax.tree.map(jnp.add, acc, delta_sum)), per_client
 
-    zeros = jax.tree.map(jnp.zeros_like, server_params)
+    zeros = None if stacked else jax.tree.map(jnp.zeros_like, server_params)
     delta_sum, per_client = jax.lax.scan(body, zeros, jnp.arange(num_chunks))
-    loss, steps, norms, extra, new_r = jax.tree.map(
+    per_client = jax.tree.map(
       lambda x: jnp.moveaxis(x, 0, 1).reshape((num_chunks * chunk_size,) + x.shape[2:])[
         :num_clients
       ],
       per_client,
     )
-  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms, extra, new_r)
+  loss, steps, norms, extra, new_r, deltas = per_client
+  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms, extra, new_r, deltas)

@@ -53,7 +53,13 @@ def swa(alg: types.FederatedAlgorithm, *, start_round: int, period: int = 1) -> 
     swa_params = jax.tree.map(lambda new, old: jnp.where(take, new, old), averaged, state.swa_params)
     return SWAState(inner, swa_params, state.swa_count + take.astype(jnp.int32)), metrics
 
-  return types.FederatedAlgorithm(init_fn, round_fn)
+  client_params = None
+  if alg.client_params is not None:  # the client's own parts on top of the averaged model
+
+    def client_params(state: SWAState, client: int) -> types.Params:
+      return alg.client_params(state.inner._replace(params=state.params), client)
+
+  return types.FederatedAlgorithm(init_fn, round_fn, client_params)
 
 
 def cyclical_lr(base_lr: float, min_lr: float, *, start_round: int, period: int):

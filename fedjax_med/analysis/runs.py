@@ -2,7 +2,7 @@
 
 A run's workdir (``train.train_and_evaluate``) holds ``config.json`` and
 ``checkpoints/<round>/`` with the algorithm's ``ServerState``. To restore it
-exactly, the same algorithm is rebuilt from the config and its ``init`` output
+exactly, the same experiment is rebuilt from the config (``experiment.build``) and its ``init`` output
 serves as the template (its structure includes optimizer and algorithm state);
 the analysed model is the state's ``params``.
 """
@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fedjax_med import checkpoint, data, errors, train, types
+from fedjax_med import checkpoint, data, errors, experiment, types
 
 
 class RunError(errors.UserError):
@@ -75,16 +75,14 @@ def open_run(workdir: str) -> Run:
         "; the run saves them every --config.ckpt.every rounds and at the end."
     )
   try:
-    exp = train.build(config)
+    exp = experiment.build(config)
   except (AttributeError, KeyError) as e:
     raise RunError(
         f"{workdir}/config.json lacks a field this version needs ({e}); was it written by an "
         "older fedjax_med?"
     ) from None
-  ds, model = exp.dataset, exp.model
   # The same state as train.train_and_evaluate builds; only shapes and dtypes matter here.
-  template = train.initial_state(exp, config)
-  return Run(workdir, config, ds, model, template, rounds)
+  return Run(workdir, exp.config, exp.dataset, exp.model, exp.initial_state(), rounds)
 
 
 def restore(run: Run, round_idx: int | None = None) -> tuple[int, dict]:

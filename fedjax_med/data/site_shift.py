@@ -12,7 +12,7 @@ profile and renders its training images through it, once, before training:
 ``s = strength`` (0 = no shift, 1 = strong). Pure numpy and seeded by
 ``(seed, client)``; the test split stays unshifted (the global model is evaluated
 on the pooled, unshifted test split), and ``render`` shows a client's view of
-any images (used for per-client test accuracy, ``fedjax_med/client_eval.py``).
+any images (used for per-client test accuracy, ``fedjax_med/evaluation.py``).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ SERVERS = {
 @pytest.mark.parametrize("chunk", [None, 1, 3])
 def test_fedavg_matches_reference_loop(server, chunk):
   server_tx, ref_server = SERVERS[server]
-  alg = algorithms.fedavg(linear_loss, optax.sgd(LR), server_tx, client_chunk_size=chunk)
+  alg = algorithms.fedavg(linear_loss, optax.sgd(LR), server_tx, plan=algorithms.RoundPlan(chunk_size=chunk))
   state = alg.init(make_params(), jax.random.PRNGKey(0))
   round_fn = jax.jit(alg.round)
   ref_params, ref_state = make_params(), None
@@ -146,7 +146,7 @@ def test_chunked_equals_unchunked_with_ragged_chunks():
   results = []
   for chunk in (None, 1, 2, 3, 7, 16):
     alg = algorithms.fedavg(linear_loss, optax.sgd(LR, momentum=0.5), optax.sgd(1.0),
-                            client_chunk_size=chunk)
+                            plan=algorithms.RoundPlan(chunk_size=chunk))
     state, metrics = jax.jit(alg.round)(alg.init(make_params(), jax.random.PRNGKey(0)), clients)
     results.append((state.params, metrics))
   for other in results[1:]:

@@ -88,7 +88,7 @@ class FedBNReference:
     self.server = weighted_average(models, weights)
 
   def local_norms(self):
-    """``state.local_norms``: the BatchNorm leaves in flatten order, each stacked over clients."""
+    """``state.client_state.algorithm``: the BatchNorm leaves in flatten order, each stacked over clients."""
     per_client = []
     for i in range(N):
       tree = {"params": {**self.server["params"], "BatchNorm_0": self.own[i]["bn"]},
@@ -100,8 +100,8 @@ class FedBNReference:
 
 @functools.cache
 def fedbn_round(chunk=None):
-  alg = algorithms.fedbn(bn_loss, optax.sgd(LR), optax.sgd(1.0), num_clients=N,
-                         client_chunk_size=chunk)
+  alg = algorithms.fedbn(bn_loss, optax.sgd(LR), optax.sgd(1.0),
+                         plan=algorithms.RoundPlan(num_clients=N, chunk_size=chunk))
   return alg.init, jax.jit(alg.round)
 
 
@@ -123,12 +123,12 @@ def test_fedbn_matches_reference_loop():
     # float32 reference vs the scanned/vmapped round: rtol 1e-5, atol 1e-6 (params and the
     # stored BatchNorm leaves of every client).
     chex.assert_trees_all_close(state.params, ref.server, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(state.local_norms, ref.local_norms(), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.client_state.algorithm, ref.local_norms(), rtol=1e-5, atol=1e-6)
   assert int(state.round) == ROUNDS
   # Not vacuous: client 4 (every round) kept a scale that differs from the server's average.
-  scale = state.local_norms[2]
+  scale = state.client_state.algorithm[2]
   assert float(jnp.abs(scale[4] - state.params["params"]["BatchNorm_0"]["scale"]).max()) > 1e-4
-  assert float(jnp.abs(state.local_norms[0][4]).max()) > 0  # its running mean moved
+  assert float(jnp.abs(state.client_state.algorithm[0][4]).max()) > 0  # its running mean moved
 
 
 def test_fedbn_chunked_equals_unchunked():
@@ -144,6 +144,7 @@ def test_fedbn_chunked_equals_unchunked():
 
 
 def test_fedbn_init_without_batchnorm_raises():
-  alg = algorithms.fedbn(linear_loss, optax.sgd(LR), optax.sgd(1.0), num_clients=N)
+  alg = algorithms.fedbn(linear_loss, optax.sgd(LR), optax.sgd(1.0),
+                         plan=algorithms.RoundPlan(num_clients=N))
   with pytest.raises(ValueError, match="BatchNorm"):
     alg.init(make_params(), jax.random.PRNGKey(0))

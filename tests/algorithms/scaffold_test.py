@@ -83,8 +83,8 @@ class ScaffoldReference:
 
 
 def make_scaffold(chunk=None):
-  return algorithms.scaffold(linear_loss, client_lr=LR, server_optimizer=optax.sgd(1.0),
-                             num_clients=N, client_chunk_size=chunk)
+  return algorithms.scaffold(linear_loss, optax.sgd(LR), optax.sgd(1.0), client_lr=LR,
+                             plan=algorithms.RoundPlan(num_clients=N, chunk_size=chunk))
 
 
 @functools.cache
@@ -104,13 +104,13 @@ def test_scaffold_matches_reference_loop():
     ref.round(clients)
     # float32 reference vs the scanned/vmapped round: rtol 1e-5, atol 1e-6 (params, c and every c_i).
     chex.assert_trees_all_close(state.params, ref.x, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(state.control, ref.c, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(state.client_controls, stack_rows(ref.c_i), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.server, ref.c, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(state.client_state.algorithm, stack_rows(ref.c_i), rtol=1e-5, atol=1e-6)
   assert int(state.round) == ROUNDS
   np.testing.assert_array_equal(metrics.client_steps, [0, 2, 3, 0])
   # Client 0 was sampled once (round 0), client 2's round-0 c_i survived its empty round 2.
-  assert float(jnp.abs(state.client_controls["w"][0]).sum()) > 0
-  chex.assert_trees_all_close(jax.tree.map(lambda x: x[2], state.client_controls), ref.c_i[2],
+  assert float(jnp.abs(state.client_state.algorithm["w"][0]).sum()) > 0
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[2], state.client_state.algorithm), ref.c_i[2],
                               rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(ref.c_i[2]["w"]).sum()) > 0
 
@@ -129,11 +129,11 @@ def test_scaffold_round_one_equals_fedavg_with_identical_clients():
       jax.tree.map(lambda x, d: x - d, p, g), None))[0]
   chex.assert_trees_all_close(state.params, fedavg_params, rtol=1e-5, atol=1e-6)
   # Identical clients get identical c_i+; c = (3 real clients / N) c_i+.
-  c_0 = jax.tree.map(lambda x: x[0], state.client_controls)
+  c_0 = jax.tree.map(lambda x: x[0], state.client_state.algorithm)
   for cid in (4, 2):
-    chex.assert_trees_all_close(jax.tree.map(lambda x, i=cid: x[i], state.client_controls), c_0,
+    chex.assert_trees_all_close(jax.tree.map(lambda x, i=cid: x[i], state.client_state.algorithm), c_0,
                                 rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(state.control, jax.tree.map(lambda x: 3 / N * x, c_0),
+  chex.assert_trees_all_close(state.server, jax.tree.map(lambda x: 3 / N * x, c_0),
                               rtol=1e-5, atol=1e-6)
 
 
@@ -171,7 +171,7 @@ def test_scaffold_checkpoint_resume_is_exact(tmp_path):
   ckpt.close()
   assert type(restored) is type(state)
   chex.assert_trees_all_equal(restored, state)
-  assert float(jnp.abs(restored.control["w"]).sum()) > 0
+  assert float(jnp.abs(restored.server["w"]).sum()) > 0
   resumed, _ = round_fn(restored, scaffold_clients(2))
   straight, _ = round_fn(state, scaffold_clients(2))
   chex.assert_trees_all_equal(resumed, straight)

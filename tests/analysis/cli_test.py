@@ -8,7 +8,7 @@ import pytest
 
 from configs import base
 from fedjax_med import train
-from fedjax_med.analysis import plots, report
+from fedjax_med.analysis import measures, plots
 from fedjax_med.analysis import runs as runs_lib
 from fedjax_med.data import synthetic
 
@@ -133,8 +133,8 @@ def test_round_metrics_fn_is_deterministic_per_round(runs):
   run = runs_lib.open_run(runs[0])
   _, variables = runs_lib.restore(run)
   images, labels = runs_lib.eval_subset(run.dataset, "train", 16, seed=0)
-  options = report.SharpnessOptions(batch_size=16, lanczos_iters=2, top_k=1, probes=2, eps=0, m=0)
-  fn = report.make_round_metrics_fn(run.model, images, labels, options)
+  options = measures.SharpnessOptions(batch_size=16, lanczos_iters=2, top_k=1, probes=2, eps=0, m=0)
+  fn = measures.make_round_metrics_fn(run.model, images, labels, options)
   first, again = fn(variables, 2), fn(variables, 2)
   assert first == again and "seconds" not in first
   assert {"loss", "lambda_max", "trace", "trace_stderr", "lanczos_steps"} <= set(first)

@@ -1,9 +1,9 @@
-"""Per-client test accuracy (fedjax_med/client_eval.py) against a slow, obvious reference."""
+"""Per-client test accuracy (fedjax_med/evaluation.py) against a slow, obvious reference."""
 
 import numpy as np
 import pytest
 
-from fedjax_med import client_eval
+from fedjax_med import evaluation
 from fedjax_med.data import site_shift
 from fedjax_med.partition.base import Partition
 
@@ -61,7 +61,7 @@ def reference(predict, test_images, test_labels, partition, train_labels, num_cl
 @pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
 def test_client_accuracies_match_reference(strength):
   test_images, test_labels, partition, train_labels = make_problem()
-  got = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+  got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                       train_labels, 3, site_shift_strength=strength, seed=3)
   want = reference(predict_probs, test_images, test_labels, partition, train_labels, 3,
                    strength=strength, seed=3)
@@ -79,26 +79,26 @@ def client_predict(c: int, images: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("strength", [0.0, 1.0])
 def test_client_predict_matches_reference(strength):
   test_images, test_labels, partition, train_labels = make_problem()
-  got = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+  got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                       train_labels, 3, site_shift_strength=strength, seed=3,
                                       client_predict=client_predict)
   want = reference(predict_probs, test_images, test_labels, partition, train_labels, 3,
                    strength=strength, seed=3, client_predict=client_predict)
   np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-  shared = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+  shared = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                          train_labels, 3, site_shift_strength=strength, seed=3)
   assert not np.allclose(got, shared)  # the per-client models were used
 
 
 def test_site_shift_changes_client_accuracies():
   test_images, test_labels, partition, train_labels = make_problem()
-  plain = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+  plain = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                         train_labels, 3)
-  shifted = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+  shifted = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                           train_labels, 3, site_shift_strength=1.0, seed=3)
   assert not np.allclose(plain, shifted)
   # and each client sees its own scanner: a different seed gives different numbers
-  other = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+  other = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                         train_labels, 3, site_shift_strength=1.0, seed=4)
   assert not np.allclose(shifted, other)
 
@@ -106,7 +106,7 @@ def test_site_shift_changes_client_accuracies():
 def test_client_accuracies_with_a_class_absent_from_the_test_split():
   test_images, test_labels, partition, train_labels = make_problem(seed=1, test_classes=(0, 2))
   for strength in (0.0, 1.0):
-    got = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+    got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                         train_labels, 3, site_shift_strength=strength)
     want = reference(predict_probs, test_images, test_labels, partition, train_labels, 3,
                      strength=strength)
@@ -120,7 +120,7 @@ def test_without_skew_every_client_gets_the_pooled_accuracy_of_its_mix():
   test_images = make_images(rng, test_labels)
   train_labels = np.repeat(np.arange(3), 10)
   partition = Partition.from_lists([np.arange(30)])
-  got = client_eval.client_accuracies(predict_probs, test_images, test_labels, partition,
+  got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
                                       train_labels, 3)
   pred = np.argmax(predict_probs(test_images), axis=1)
   np.testing.assert_allclose(got, [np.mean(pred == test_labels)])
@@ -130,13 +130,13 @@ def test_class_accuracy_with_an_absent_class():
   probs = np.array([[0.9, 0.1, 0.0, 0.0], [0.2, 0.8, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0],
                     [0.1, 0.2, 0.0, 0.7], [0.1, 0.2, 0.0, 0.7]])
   labels = np.array([0, 1, 1, 3, 0])
-  acc = client_eval.class_accuracy(probs, labels, 4)
+  acc = evaluation.class_accuracy(probs, labels, 4)
   np.testing.assert_allclose(acc, [0.5, 0.5, 0.0, 1.0])  # class 2 has no examples: 0
 
 
 def test_label_mix_rows_sum_to_one():
   _, _, partition, train_labels = make_problem(num_clients=5)
-  mix = client_eval.label_mix(partition, train_labels, 3)
+  mix = evaluation.label_mix(partition, train_labels, 3)
   assert mix.shape == (5, 3)
   np.testing.assert_allclose(mix.sum(axis=1), 1.0)
   for c in range(5):
@@ -146,7 +146,7 @@ def test_label_mix_rows_sum_to_one():
 
 def test_summarize():
   acc = np.array([0.9, 0.5, 0.7, 0.8, 0.6, 0.95, 0.85, 0.75, 0.65, 0.55, 0.99])
-  s = client_eval.summarize(acc)
+  s = evaluation.summarize(acc)
   assert s["worst"] == pytest.approx(0.5) and s["best"] == pytest.approx(0.99)
   assert s["mean"] == pytest.approx(acc.mean())
   assert s["p10"] == pytest.approx(np.percentile(acc, 10))

@@ -1,0 +1,176 @@
+"""One experiment builder: from a config to everything a run needs.
+
+``build(config) -> Experiment`` resolves and validates the config, loads the
+data, partitions it, chooses the execution engine, builds the model, the loss,
+the algorithm (through ``algorithms.registry``), the per-round batch function
+and the evaluator, and computes the bytes a round sends. Nothing is written:
+``train.train_and_evaluate`` only loops over what this returns, and
+``analysis.runs`` rebuilds a finished run the same way.
+
+Data flow: config -> data -> partition -> batching -> round -> evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from fedjax_med import (
+  algorithms,
+  batching,
+  compression,
+  data,
+  engine,
+  evaluation,
+  models,
+  optimizers,
+  partition,
+  tasks,
+  types,
+)
+from fedjax_med import config as config_lib
+from fedjax_med.algorithms import registry
+from fedjax_med.data import site_shift
+
+log = logging.getLogger(__name__)
+
+
+class Experiment(NamedTuple):
+  """Everything a run is built from, before any output is written."""
+
+  config: ml_collections.ConfigDict  # resolved (what config.json records)
+  dataset: data.Dataset
+  partition: partition.Partition
+  engine: engine.Engine
+  model: Any  # flax module
+  loss_fn: types.LossFn
+  plan: algorithms.RoundPlan
+  algorithm: types.FederatedAlgorithm
+  federated: bool  # False for the centralized baseline
+  local_steps: int  # S of every round (fixed for the run: compile once)
+  evaluator: evaluation.Evaluator
+  bytes_up_per_round: int  # every sampled client's (compressed) upload
+  bytes_down_per_round: int  # the model sent to every sampled client
+
+  def make_batch(self, round_idx: int, pad_clients_to: int) -> types.ClientBatch:
+    """Round ``round_idx``'s sampled clients and their local data (host numpy)."""
+    c, fl = self.config, self.config.fl
+    client_ids = batching.sample_clients(fl.num_clients, fl.clients_per_round, c.seed, round_idx)
+    return batching.make_client_batch(
+        self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
+        local_steps=self.local_steps, batch_size=fl.batch_size, seed=c.seed, round_idx=round_idx,
+        pad_clients_to=pad_clients_to, local_epochs=fl.local_epochs or None,
+    )
+
+  def initial_state(self) -> types.ServerState:
+    """The algorithm's state at round 0 (also the template to restore checkpoints into)."""
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
+    params = tasks.init_variables(self.model, init_key, self.dataset.image_shape)
+    return self.algorithm.init(params, state_key)
+
+
+def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> partition.Partition:
+  """The partition of the training labels that ``config.partition`` describes."""
+  p = config.partition
+  return partition.make_partition(
+      p.kind, labels, config.fl.num_clients, config.seed, alpha=p.alpha, min_size=p.min_size,
+      shards_per_client=p.shards_per_client, quantity_kind=p.quantity_kind,
+      quantity_sigma=p.quantity_sigma, power_exponent=p.power_exponent,
+      dirichlet_method=p.dirichlet_method,
+  )
+
+
+def make_compressor(config: ml_collections.ConfigDict) -> compression.Compressor | None:
+  """The upload compressor of ``config.comm`` (None for ``"none"``)."""
+  c = config.comm
+  return compression.make(c.compressor, bits=c.bits, fraction=c.fraction, block=c.block,
+                          error_feedback=c.error_feedback)
+
+
+def swa_start_round(config: ml_collections.ConfigDict) -> int:
+  """First averaged round: the last ``algorithm.swa_fraction`` of ``fl.rounds``."""
+  rounds = config.fl.rounds
+  return max(1, rounds - int(round(config.algorithm.swa_fraction * rounds)) + 1)
+
+
+def make_server_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """``fl.server_opt`` at ``fl.server_lr`` (constant, cosine, or SWA's cyclical schedule)."""
+  fl, a = config.fl, config.algorithm
+  lr: float | Callable = fl.server_lr
+  if fl.server_lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(fl.server_lr, fl.rounds, alpha=fl.server_lr_min_ratio)
+  if a.swa:  # the cyclical SWA schedule replaces any other
+    lr = algorithms.cyclical_lr(fl.server_lr, fl.server_lr * a.swa_lr_ratio,
+                                start_round=swa_start_round(config), period=a.swa_period)
+  return optimizers.server(fl.server_opt, lr, fl.server_momentum, fl.server_eps)
+
+
+def make_algorithm(
+    config: ml_collections.ConfigDict, loss_fn: types.LossFn, plan: algorithms.RoundPlan
+) -> types.FederatedAlgorithm:
+  """The ``(init, round)`` pair that the resolved ``config.algorithm`` names."""
+  fl, a = config.fl, config.algorithm
+  name = a.name
+  entry = registry.get(name)
+  client_tx = optimizers.client(fl.client_lr, fl.client_momentum, fl.client_weight_decay)
+  hparams = {k: a[name][k] for k in entry.hparams}
+  alg = registry.build(name, loss_fn, client_tx, make_server_optimizer(config), plan=plan,
+                       client_lr=fl.client_lr if entry.takes_client_lr else None, **hparams)
+  if a.swa:
+    alg = algorithms.swa(alg, start_round=swa_start_round(config), period=a.swa_period)
+  return alg
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Resolves and validates ``config`` and builds the experiment (writes nothing).
+
+  Raises:
+    ConfigError / DataError: bad input.
+  """
+  config = config_lib.resolve(config)
+  config_lib.validate(config)
+  ds = data.load(config.data.name, root=config.data.root or data.default_root(),
+                 size=config.data.size, download=config.data.download,
+                 verify_md5=config.data.verify_md5)
+  part = make_partition(config, ds.train.labels)
+  if config.partition.site_shift > 0:  # each client's training images through its "scanner"
+    shifted = site_shift.apply(ds.train.images, part, config.partition.site_shift, config.seed)
+    ds = dataclasses.replace(ds, train=ds.train._replace(images=shifted))
+  fl = config.fl
+  eng = engine.choose(fl.clients_per_round, client_chunk_size=fl.client_chunk_size,
+                      conv_impl=config.model.conv_impl, local_unroll=fl.local_unroll)
+  model = models.get_model(config.model.name, ds.num_classes, conv_impl=eng.conv_impl,
+                           norm=config.model.norm)
+  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
+  compressor = make_compressor(config)
+  federated = registry.get(config.algorithm.name).federated
+  plan = algorithms.RoundPlan(
+      num_clients=fl.num_clients, chunk_size=eng.client_chunk_size, unroll=eng.local_unroll,
+      compressor=compressor, error_feedback=bool(config.comm.error_feedback and compressor),
+  )
+  local_steps = fl.local_steps
+  if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
+    local_steps = batching.epoch_steps(part.sizes, fl.batch_size, fl.local_epochs)
+    log.info("%g local epochs: S = %d steps (largest client)", fl.local_epochs, local_steps)
+  evaluator = evaluation.Evaluator(model, ds, part, batch_size=config.eval.batch_size,
+                                   site_shift_strength=config.partition.site_shift,
+                                   seed=config.seed)
+  # Bytes on the wire per round, exact from the shapes and dtypes sent: every
+  # sampled client downloads the model and uploads its (compressed) update.
+  shapes = jax.eval_shape(functools.partial(tasks.init_variables, model,
+                                            image_shape=ds.image_shape), jax.random.PRNGKey(0))
+  up = down = 0
+  if federated:
+    up = fl.clients_per_round * compression.upload_bits(compressor, shapes) // 8
+    down = fl.clients_per_round * compression.model_bits(shapes) // 8
+  return Experiment(config, ds, part, eng, model, loss_fn, plan,
+                    make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,
+                    up, down)
