@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from fedjax_med import types
 
+
 class Compressor(NamedTuple):
   encode: Callable[[jax.Array, jax.Array], Any]  # (x [n] float32, key) -> payload
   decode: Callable[[Any, int], jax.Array]  # (payload, n) -> x_hat [n]

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from fedjax_med import algorithms, compression
-from tests.algorithms.fedavg_test import LR, S, linear_loss, make_clients, make_params
+from tests.testing import LR, S, linear_loss, make_clients, make_params
 
 X = jax.random.normal(jax.random.PRNGKey(0), (300,))
 

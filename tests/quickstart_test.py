@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from configs import quickstart, quickstart_centralized
-from tests import realdata
+from tests import testing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_quickstart_reaches_target_accuracy(tmp_path):
-  root = realdata.require("pneumoniamnist.npz")
+  root = testing.require("pneumoniamnist.npz")
   # Exactly the README command, on one CPU device (not the 8 fake test devices).
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   res = subprocess.run(

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from fedjax_med import algorithms, sharding
-from tests.algorithms.fedavg_test import LR, linear_loss, make_clients, make_params
+from tests.testing import LR, linear_loss, make_clients, make_params
 
 
 def test_eight_fake_devices_are_configured():

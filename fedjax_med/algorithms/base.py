@@ -190,6 +190,14 @@ def federated_round(
     else:
       pseudo_grad, server = server_fn(shared, aggregated)
     params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
+    # A round without any real client (all padding) changes nothing but the round
+    # counter: without this, a server optimizer with momentum would still move.
+    any_real = res.weight_sum > 0
+    params, opt_state, server = jax.tree.map(
+      lambda new, old: jnp.where(any_real, new, old),
+      (params, opt_state, server),
+      (state.params, state.opt_state, state.server),
+    )
     new_state = types.ServerState(params, opt_state, state.round + 1, state.rng, server, store)
     return new_state, round_metrics(res, pseudo_grad)
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from fedjax_med import algorithms
-from tests.algorithms.fedavg_test import LR, S, linear_loss, make_clients, make_params
+from tests.testing import LR, S, linear_loss, make_clients, make_params
 
 
 def test_centralized_matches_python_loop_with_persistent_momentum():

@@ -7,68 +7,19 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_med import algorithms, types
-
-C, S, B, D, K = 4, 3, 4, 5, 3
-LR = 0.3
-
-
-def linear_loss(params, batch, rng):
-  del rng
-  logits = batch["image"] @ params["w"] + params["b"]
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  m = batch["mask"].astype(jnp.float32)
-  return jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0), {}
-
-
-def stats_loss(params, batch, rng):
-  """Like linear_loss, plus a non-trained collection (as BatchNorm's batch_stats)."""
-  loss, _ = linear_loss({"w": params["params"]["w"], "b": params["params"]["b"]}, batch, rng)
-  m = batch["mask"].astype(jnp.float32)[:, None]
-  mean = jnp.sum(batch["image"] * m, 0) / jnp.maximum(jnp.sum(m), 1.0)
-  new_stats = {"mean": 0.5 * params["stats"]["mean"] + 0.5 * mean}
-  return loss, {"variables": {"stats": new_stats}}
-
-
-def make_params(with_stats=False):
-  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-  p = {"w": jax.random.normal(k1, (D, K)) * 0.3, "b": jax.random.normal(k2, (K,)) * 0.1}
-  if with_stats:
-    return {"params": p, "stats": {"mean": jnp.zeros((D,))}}
-  return p
-
-
-def make_clients(num_clients=C, seed=1) -> types.ClientBatch:
-  rng = np.random.default_rng(seed)
-  image = rng.normal(size=(num_clients, S, B, D)).astype(np.float32)
-  label = rng.integers(0, K, size=(num_clients, S, B)).astype(np.int32)
-  mask = np.ones((num_clients, S, B), bool)
-  mask[1, 2] = False  # a padded step: must change nothing
-  mask[2, :, 2:] = False  # partial batches
-  weight = rng.integers(5, 20, size=num_clients).astype(np.float32)
-  weight[3] = 0.0  # a padding client: must be ignored
-  mask[3] = False
-  return types.ClientBatch(image, label, mask, weight, np.arange(num_clients, dtype=np.int32))
-
-
-def reference_round(loss_fn, params, clients, server_update):
-  """Slow, obvious FedAvg: per client, per step, explicit grad and SGD."""
-  deltas, weights = [], []
-  for c in range(clients.weight.shape[0]):
-    p = params
-    for s in range(S):
-      batch = {"image": clients.image[c, s], "label": clients.label[c, s], "mask": clients.mask[c, s]}
-      if not batch["mask"].any():
-        continue
-      grads, aux = jax.grad(loss_fn, has_aux=True)(p, batch, None)
-      p = jax.tree.map(lambda x, g: x - LR * g, p, grads)
-      if "variables" in aux:
-        p = {**p, **aux["variables"]}
-    deltas.append(jax.tree.map(lambda a, b: a - b, params, p))
-    weights.append(float(clients.weight[c]))
-  total = sum(weights)
-  pseudo = jax.tree.map(lambda *ds: sum(w * d for w, d in zip(weights, ds, strict=True)) / total, *deltas)
-  return server_update(params, pseudo)
+from fedjax_med import algorithms
+from tests.testing import (
+    LR,
+    C,
+    D,
+    K,
+    S,
+    linear_loss,
+    make_clients,
+    make_params,
+    reference_round,
+    stats_loss,
+)
 
 
 def sgd_server(lr):

@@ -18,10 +18,15 @@ import pytest
 
 from fedjax_med import algorithms
 from fedjax_med.algorithms.fedbn import is_batchnorm_leaf
-from tests.algorithms.fedavg_test import LR, C, D, K, linear_loss, make_params
-from tests.algorithms.sampled_rounds import (
+from tests.testing import (
+  LR,
   ROUNDS,
+  C,
   N,
+  bn_loss,
+  bn_params,
+  linear_loss,
+  make_params,
   real_steps,
   reference_grad,
   sampled_clients,
@@ -29,35 +34,6 @@ from tests.algorithms.sampled_rounds import (
   to_numpy,
   weighted_average,
 )
-
-
-def bn_params():
-  k = jax.random.split(jax.random.PRNGKey(0), 4)
-  return {
-    "params": {
-      "Dense_0": {"w": jax.random.normal(k[0], (D, K)) * 0.3, "b": jax.random.normal(k[1], (K,)) * 0.1},
-      "BatchNorm_0": {
-        "scale": 1.0 + 0.1 * jax.random.normal(k[2], (D,)),
-        "bias": 0.1 * jax.random.normal(k[3], (D,)),
-      },
-    },
-    "batch_stats": {"BatchNorm_0": {"mean": jnp.zeros((D,))}},
-  }
-
-
-def bn_loss(params, batch, rng):
-  """Train-mode BatchNorm (centre by the batch mean, then scale/bias), a dense layer, and the
-  running-mean update returned in ``aux["variables"]``."""
-  del rng
-  p = params["params"]
-  m = batch["mask"].astype(jnp.float32)
-  mean = jnp.sum(batch["image"] * m[:, None], 0) / jnp.maximum(jnp.sum(m), 1.0)
-  x = (batch["image"] - mean) * p["BatchNorm_0"]["scale"] + p["BatchNorm_0"]["bias"]
-  logits = x @ p["Dense_0"]["w"] + p["Dense_0"]["b"]
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  loss = jnp.sum(ce * m) / jnp.maximum(jnp.sum(m), 1.0)
-  running = 0.9 * params["batch_stats"]["BatchNorm_0"]["mean"] + 0.1 * mean
-  return loss, {"variables": {"batch_stats": {"BatchNorm_0": {"mean": running}}}}
 
 
 class FedBNReference:

@@ -14,10 +14,13 @@ import numpy as np
 import optax
 
 from fedjax_med import algorithms
-from tests.algorithms.fedavg_test import LR, C, linear_loss, make_params
-from tests.algorithms.sampled_rounds import (
+from tests.testing import (
+  LR,
   ROUNDS,
+  C,
   N,
+  linear_loss,
+  make_params,
   real_steps,
   reference_grad,
   sampled_clients,

@@ -13,16 +13,20 @@ import pytest
 
 from fedjax_med import algorithms
 from fedjax_med.algorithms.fedprox import proximal_loss
-from tests.algorithms.fedavg_test import LR, C, linear_loss, make_params, stats_loss
-from tests.algorithms.sampled_rounds import (
-    ROUNDS,
-    fedavg_run,
-    real_steps,
-    reference_grad,
-    sampled_clients,
-    step_batch,
-    to_numpy,
-    weighted_average,
+from tests.testing import (
+  LR,
+  ROUNDS,
+  C,
+  fedavg_run,
+  linear_loss,
+  make_params,
+  real_steps,
+  reference_grad,
+  sampled_clients,
+  stats_loss,
+  step_batch,
+  to_numpy,
+  weighted_average,
 )
 
 MU = 0.5

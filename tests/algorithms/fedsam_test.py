@@ -13,16 +13,19 @@ import optax
 import pytest
 
 from fedjax_med import algorithms
-from tests.algorithms.fedavg_test import LR, C, linear_loss, make_params
-from tests.algorithms.sampled_rounds import (
-    ROUNDS,
-    fedavg_run,
-    real_steps,
-    reference_grad,
-    sampled_clients,
-    step_batch,
-    to_numpy,
-    weighted_average,
+from tests.testing import (
+  LR,
+  ROUNDS,
+  C,
+  fedavg_run,
+  linear_loss,
+  make_params,
+  real_steps,
+  reference_grad,
+  sampled_clients,
+  step_batch,
+  to_numpy,
+  weighted_average,
 )
 
 

@@ -18,12 +18,16 @@ import optax
 
 from fedjax_med import algorithms
 from fedjax_med.checkpoint import Checkpointer
-from tests.algorithms.fedavg_test import LR, C, linear_loss, make_params, reference_round
-from tests.algorithms.sampled_rounds import (
+from tests.testing import (
+  LR,
   ROUNDS,
+  C,
   N,
+  linear_loss,
+  make_params,
   real_steps,
   reference_grad,
+  reference_round,
   sampled_clients,
   stack_rows,
   step_batch,

@@ -7,8 +7,7 @@ import optax
 import pytest
 
 from fedjax_med import algorithms
-from tests.algorithms.fedavg_test import LR, linear_loss, make_params
-from tests.algorithms.sampled_rounds import ROUNDS, fedavg_run, sampled_clients
+from tests.testing import LR, ROUNDS, fedavg_run, linear_loss, make_params, sampled_clients
 
 
 @pytest.mark.parametrize("start_round,period", [(2, 1), (1, 2)])

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_med.analysis import drift
-from tests.analysis import toy
+from tests import testing
 
 
 def _stacked(c=4, seed=0):
@@ -64,19 +64,19 @@ def test_identical_clients_agree_perfectly():
 
 
 def test_gradient_alignment_uses_each_clients_gradient():
-  params = toy.mlp_params()
-  x, y = toy.mlp_data(n=12)
+  params = testing.mlp_params()
+  x, y = testing.mlp_data(n=12)
   data = (x.reshape(3, 4, 3), y.reshape(3, 4))
-  grads, got = jax.jit(lambda p: (drift.client_gradients(toy.mlp_batch_loss, p, data),
-                                   drift.gradient_alignment(toy.mlp_batch_loss, p, data)))(params)
-  want = jax.jit(jax.vmap(jax.grad(toy.mlp_batch_loss), in_axes=(None, 0)))(params, data)
+  grads, got = jax.jit(lambda p: (drift.client_gradients(testing.mlp_batch_loss, p, data),
+                                   drift.gradient_alignment(testing.mlp_batch_loss, p, data)))(params)
+  want = jax.jit(jax.vmap(jax.grad(testing.mlp_batch_loss), in_axes=(None, 0)))(params, data)
   for g, wv in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, wv, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(got.norms, np.linalg.norm(_flat_any(want), axis=1), rtol=1e-5)
 
 
 def test_solution_distance_and_generalization_gap():
-  a, b = toy.mlp_params(0), toy.mlp_params(1)
+  a, b = testing.mlp_params(0), testing.mlp_params(1)
   fa = np.concatenate([np.ravel(v) for v in jax.tree.leaves(a)])
   fb = np.concatenate([np.ravel(v) for v in jax.tree.leaves(b)])
   got = drift.solution_distance(a, b)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedjax_med.analysis import landscape
-from tests.analysis import toy
+from tests import testing
 
 KEY = jax.random.PRNGKey(0)
 
@@ -45,7 +45,7 @@ def test_filter_normalize_1d_leaves_when_not_ignored():
 
 
 def test_slices_at_the_origin_equal_the_model_loss():
-  params, loss_fn = toy.mlp_params(), toy.mlp_loss_fn()
+  params, loss_fn = testing.mlp_params(), testing.mlp_loss_fn()
   d1 = landscape.filter_normalized_direction(jax.random.PRNGKey(1), params)
   d2 = landscape.filter_normalized_direction(jax.random.PRNGKey(2), params)
   alphas = jnp.array([-1.0, -0.5, 0.0, 0.5, 1.0])
@@ -66,8 +66,8 @@ def test_slices_at_the_origin_equal_the_model_loss():
 
 
 def test_interpolation_endpoints_and_path_through_checkpoints():
-  loss_fn = toy.mlp_loss_fn()
-  a, b, c = toy.mlp_params(0), toy.mlp_params(1), toy.mlp_params(2)
+  loss_fn = testing.mlp_loss_fn()
+  a, b, c = testing.mlp_params(0), testing.mlp_params(1), testing.mlp_params(2)
   ts = jnp.array([-0.5, 0.0, 0.25, 1.0, 1.5])
   losses = jax.jit(lambda x, y: landscape.interpolation_losses(loss_fn, x, y, ts))(a, b)
   np.testing.assert_allclose(losses[1], loss_fn(a), rtol=1e-6)
@@ -90,7 +90,7 @@ def losses_between(loss_fn, a, b, ts):
 
 
 def test_project_onto_plane_recovers_coefficients():
-  origin = toy.mlp_params(0)
+  origin = testing.mlp_params(0)
   d1 = landscape.filter_normalized_direction(jax.random.PRNGKey(1), origin)
   d2 = landscape.filter_normalized_direction(jax.random.PRNGKey(2), origin)
   point = jax.tree.map(lambda o, x, y: o + 0.3 * x - 1.2 * y, origin, d1, d2)

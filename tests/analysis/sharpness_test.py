@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedjax_med.analysis import sharpness
-from tests.analysis import toy
+from tests import testing
 
 
 def test_eps_sharpness_box_of_a_convex_quadratic_is_the_best_vertex():
@@ -16,7 +16,7 @@ def test_eps_sharpness_box_of_a_convex_quadratic_is_the_best_vertex():
   b = np.array([0.3, -0.2, 0.0, 0.1])
   w = np.array([0.5, -1.0, 2.0, 0.0])
   eps = 0.01
-  loss_fn = toy.quadratic(a, b)
+  loss_fn = testing.quadratic(a, b)
   bound = eps * (np.abs(w) + 1)
   gain = np.sum(a / 2 * bound**2 + np.abs(a * w + b) * bound)
   base = 0.5 * np.sum(a * w**2) + b @ w
@@ -38,17 +38,17 @@ def test_eps_sharpness_l2_of_a_linear_loss():
 
 
 def test_m_sharpness_one_step_is_sam_per_batch():
-  params = toy.mlp_params()
-  x, y = toy.mlp_data(n=12)
+  params = testing.mlp_params()
+  x, y = testing.mlp_data(n=12)
   m, rho = 4, 0.1
   batches = (x.reshape(3, m, -1), y.reshape(3, m))
-  got = jax.jit(lambda p: sharpness.m_sharpness(toy.mlp_batch_loss, p, batches, rho))(params)
+  got = jax.jit(lambda p: sharpness.m_sharpness(testing.mlp_batch_loss, p, batches, rho))(params)
   # Reference: SAM's perturbation rho * g / ||g|| on each batch, written out directly.
   def sam(batch):
-    g = jax.grad(toy.mlp_batch_loss)(params, batch)
+    g = jax.grad(testing.mlp_batch_loss)(params, batch)
     gnorm = jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree.leaves(g)))
     moved = jax.tree.map(lambda p, d: p + rho * d / gnorm, params, g)
-    return toy.mlp_batch_loss(params, batch), toy.mlp_batch_loss(moved, batch)
+    return testing.mlp_batch_loss(params, batch), testing.mlp_batch_loss(moved, batch)
 
   base, worst = jax.jit(jax.vmap(sam))(batches)
   np.testing.assert_allclose(got.base_loss, np.mean(base), rtol=1e-5)
@@ -57,7 +57,7 @@ def test_m_sharpness_one_step_is_sam_per_batch():
 
 
 def test_worst_case_never_below_the_centre_and_stays_in_the_box():
-  loss_fn, params = toy.mlp_loss_fn(), toy.mlp_params()
+  loss_fn, params = testing.mlp_loss_fn(), testing.mlp_params()
   eps = 0.02
   run = jax.jit(lambda p, k: sharpness.worst_case_perturbation(loss_fn, p, eps, steps=5, key=k))
   worst, _ = jax.jit(lambda p: sharpness.worst_case_perturbation(loss_fn, p, eps, steps=5))(params)
@@ -70,4 +70,4 @@ def test_worst_case_never_below_the_centre_and_stays_in_the_box():
 
 def test_bad_norm():
   with pytest.raises(ValueError, match="norm"):
-    sharpness.worst_case_perturbation(toy.mlp_loss_fn(), toy.mlp_params(), 0.1, norm="l1")
+    sharpness.worst_case_perturbation(testing.mlp_loss_fn(), testing.mlp_params(), 0.1, norm="l1")

@@ -123,13 +123,13 @@ def test_make_report_writes_markdown_csv_and_figures(tmp_path):
                {"kind": "heatmap", "rows": "data", "cols": "setting",
                 "metric": "test.accuracy"}])
   write_runs(tmp_path / "sweep", study)
-  out = tmp_path / "docs" / "toy.md"
-  result = study_lib.make_report(study, str(tmp_path / "sweep"), "toy.py:cpu", str(out))
+  out = tmp_path / "docs" / "testing.md"
+  result = study_lib.make_report(study, str(tmp_path / "sweep"), "testing.py:cpu", str(out))
   text = out.read_text()
-  assert "preset `cpu`" in text and "python analysis/report.py --study=toy.py:cpu" in text
+  assert "preset `cpu`" in text and "python analysis/report.py --study=testing.py:cpu" in text
   assert "| d2 | fed |" in text and "data-d2+setting-fed+seed-2" in text  # listed as incomplete
   assert "More text." in text and "  python launch/sweep.py --study=x" not in text
-  assert (tmp_path / "docs" / "toy.csv").exists()
+  assert (tmp_path / "docs" / "testing.csv").exists()
   assert len(result["figures"]) == 3
   for _, name in result["figures"]:
     png = tmp_path / "docs" / "toy" / name

@@ -15,7 +15,7 @@ import pytest
 
 from fedjax_med import errors
 from fedjax_med.data import medmnist, registry, synthetic
-from tests import realdata
+from tests import testing
 
 _SMALL = dict(n_train=12, n_val=4, n_test=6)
 
@@ -287,7 +287,7 @@ def test_registry_filenames_and_urls(name, size):
   ],
 )
 def test_real_file(name, sizes):
-  root = realdata.require(f"{name}.npz")
+  root = testing.require(f"{name}.npz")
   ds = medmnist.load(name, root=str(root), download=False, verify_md5=True)
   for split, n in sizes.items():
     s = ds.split(split)
