@@ -1,6 +1,7 @@
 """Study reports on synthetic sweeps: grouping, intervals, targets, relative drops, files."""
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -8,11 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from fedjax_med.studies import document, grid, results, stats, tables
+from fedjax_med.studies import document, figures, grid, results, stats, tables
 from fedjax_med.studies.specs import (
   BarFigure,
   CurveFigure,
   HeatmapFigure,
+  Post,
   Relative,
   ReportSpec,
   Study,
@@ -167,3 +169,23 @@ def test_incomplete_runs_show_their_error(tmp_path):
       "error: non-finite training loss (nan) in round 3; stopped")
   assert "interrupted" in results.run_error(str(tmp_path), "b")
   assert results.run_error(str(tmp_path), "c") == "not run (yet)"
+
+
+def test_landscape_table_and_plots_of_post_steps(tmp_path):
+  out = tmp_path / "sweep" / "landscape" / "ab"
+  out.mkdir(parents=True)
+  # On the line A -> B (t in [0, 1]) the loss 2.5 at t=0.5 exceeds the chord (1 + 2) / 2 by 1.
+  (out / "landscape.json").write_text(json.dumps({
+      "line_1": [2.0, 1.0, 3.0],
+      "interpolation": {"t": [-0.5, 0.0, 0.5, 1.0, 1.5], "loss": [3.0, 1.0, 2.5, 2.0, 4.0]}}))
+  (out / "interpolation.png").write_bytes(b"\x89PNG")
+  post = (Post("ab", ("analysis/landscape.py",), "{sweep}/landscape/ab/landscape.json"),
+          Post("never", ("analysis/landscape.py",), "{sweep}/landscape/never/landscape.json"))
+  study = dataclasses.replace(make_study(), post=post)
+  (tmp_path / "figs").mkdir()
+  written, md = figures.landscapes(study, str(tmp_path / "sweep"), str(tmp_path / "figs"), "cpu")
+  assert written == [("ab: interpolation", "cpu_ab_interpolation.png")]
+  assert (tmp_path / "figs" / "cpu_ab_interpolation.png").exists()
+  header, _, row = md.splitlines()
+  assert header == ("| step | loss at A | loss at ±span (dir 1, max) | loss at B | barrier on A→B |")
+  assert row == "| ab | 1.0000 | 3.0000 | 2.0000 | 1.0000 |"
