@@ -1,8 +1,7 @@
 """FedAvg on PneumoniaMNIST (the quickstart) with one upload compressor.
 
   python launch/main.py --config=configs/comm.py:topk_ef --workdir=runs/comm_topk_ef
-  python launch/sweep.py --config=configs/comm.py --presets=none,q8,q4,q2,q1,topk_ef,randk_ef \
-      --workdir=runs/comm
+  python launch/sweep.py --study=configs/studies/comm_presets.py:cpu  # every preset
 
 Presets: ``none``; ``q8`` ``q4`` ``q2`` ``q1`` (stochastic quantization to b
 bits, one scale per block of 256 values); ``topk`` / ``topk_ef`` (1% largest

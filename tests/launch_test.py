@@ -50,19 +50,32 @@ def test_main_command_runs_end_to_end_with_overrides(tmp_path):
   assert config["fl"]["rounds"] == 2 and config["model"]["name"] == "cnn_tiny"
 
 
-def test_sweep_runs_presets_and_tabulates(tmp_path):
+def test_preset_study_runs_presets_and_tabulates(tmp_path):
+  """configs/comm.py's presets as the one-axis study configs/studies/comm_presets.py."""
   synthetic.write_npz(tmp_path / "data" / "pneumoniamnist.npz", name="pneumoniamnist",
                       n_train=120, n_val=30, n_test=30)
   overrides = [f"--override=data.root={tmp_path / 'data'}", "--override=data.verify_md5=False",
                "--override=model.name=cnn_tiny", "--override=fl.rounds=1",
                "--override=fl.local_steps=1", "--override=partition.min_size=2"]
+  study = "--study=configs/studies/comm_presets.py:cpu"
+  sweep_dir = tmp_path / "sweep"
   res = subprocess.run(
-      [sys.executable, str(REPO / "launch" / "sweep.py"), "--config=configs/comm.py",
-       "--presets=none,q8", f"--workdir={tmp_path / 'sweep'}", *overrides],
+      [sys.executable, str(REPO / "launch" / "sweep.py"), study, r"--only=^preset-(none|q8)\+",
+       f"--workdir={sweep_dir}", *overrides],
       capture_output=True, text=True, cwd=REPO, timeout=600,
   )
   assert res.returncode == 0, res.stderr[-2000:]
-  rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-  assert [r["preset"] for r in rows] == ["none", "q8"]
-  assert rows[1]["total_bytes_up"] < rows[0]["total_bytes_up"] / 3  # 8 bits vs 32
-  assert "| preset |" in res.stdout
+  manifest = json.loads((sweep_dir / "sweep.json").read_text())
+  assert [(r["name"], r["status"]) for r in manifest["runs"]] == [
+      ("preset-none+seed-0", "done"), ("preset-q8+seed-0", "done")]
+  none, q8 = (json.loads((sweep_dir / n / "summary.json").read_text())
+              for n in ("preset-none+seed-0", "preset-q8+seed-0"))
+  assert q8["total_bytes_up"] < none["total_bytes_up"] / 3  # 8 bits vs 32
+  res = subprocess.run(
+      [sys.executable, str(REPO / "analysis" / "study_report.py"), study,
+       f"--workdir={sweep_dir}", f"--output={tmp_path / 'comm.md'}"],
+      capture_output=True, text=True, cwd=REPO, timeout=600,
+  )
+  assert res.returncode == 0, res.stderr[-2000:]
+  text = (tmp_path / "comm.md").read_text()
+  assert "| preset | test acc |" in text and "| q8 |" in text

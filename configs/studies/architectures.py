@@ -1,7 +1,7 @@
 """Study 3: which architectures stay robust under label skew.
 
   python launch/sweep.py --study=configs/studies/architectures.py:cpu --jobs=2
-  python analysis/report.py --study=configs/studies/architectures.py:cpu
+  python analysis/study_report.py --study=configs/studies/architectures.py:cpu
 
 ResNet with BatchNorm / GroupNorm / LayerNorm, a ViT and a ConvNeXt, each
 trained centrally and with FedAvg on IID, Dirichlet(0.1) and Dirichlet(0.05)
@@ -17,7 +17,7 @@ all per round, S=5, B=64, 100 rounds, seeds 0-4.
 """
 
 from configs.studies import common
-from fedjax_med.sweep import Study
+from fedjax_med.studies.specs import BarFigure, HeatmapFigure, Relative, ReportSpec, Study
 
 
 def get_study(preset: str = "cpu") -> Study:
@@ -43,11 +43,11 @@ def get_study(preset: str = "cpu") -> Study:
       name="architectures", preset=preset, base=common.BASE,
       grids=({"data": data, "model": models, "setting": settings},),
       seeds=(0, 1, 2) if cpu else (0, 1, 2, 3, 4), fixed=fixed,
-      report={"table": ["data", "model", "setting"],
-              "relative": {"axis": "setting", "reference": "centralized"},
-              "figures": [{"kind": "heatmap", "rows": "model", "cols": "setting",
-                           "metric": "test.accuracy", "relative": True},
-                          {"kind": "bars", "x": "model", "color": "setting",
-                           "metrics": ["test.accuracy"]}]},
+      report=ReportSpec(
+          table=("data", "model", "setting"),
+          relative=Relative(axis="setting", reference="centralized"),
+          figures=(HeatmapFigure(rows="model", cols="setting", metric="test.accuracy",
+                                 relative=True),
+                   BarFigure(x="model", color="setting", metrics=("test.accuracy",)))),
       description=__doc__,
   )

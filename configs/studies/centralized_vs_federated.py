@@ -1,7 +1,7 @@
 """Study 1: centralized vs federated training on the same samples.
 
   python launch/sweep.py --study=configs/studies/centralized_vs_federated.py:cpu --jobs=2
-  python analysis/report.py --study=configs/studies/centralized_vs_federated.py:cpu
+  python analysis/study_report.py --study=configs/studies/centralized_vs_federated.py:cpu
 
 FedAvg with IID and Dirichlet(0.5) clients vs centralized SGD on the pooled
 training split, same model, batch size, learning rate and number of
@@ -16,7 +16,7 @@ full: ResNet-18 (the MedMNIST v2 baseline architecture, GroupNorm for FedAvg),
 """
 
 from configs.studies import common
-from fedjax_med.sweep import Study
+from fedjax_med.studies.specs import Baseline, CurveFigure, ReportSpec, Study, Target
 
 
 def get_study(preset: str = "cpu") -> Study:
@@ -36,16 +36,16 @@ def get_study(preset: str = "cpu") -> Study:
       name="centralized_vs_federated", preset=preset, base=common.BASE,
       grids=({"data": common.DATASETS, "setting": settings},),
       seeds=(0, 1, 2) if cpu else (0, 1, 2, 3, 4), fixed=fixed,
-      report={"table": ["data", "setting"], "reference": {"setting": "centralized"},
-              "target_fraction": 0.95,
-              "metrics": ["test.accuracy", "test.auc", "clients.worst", "target.round",
-                          "target.elapsed_s", "target.mb_up", "total_mb_up", "wall_time_s"],
-              "figures": [{"kind": "curves", "x": "round", "color": "setting", "panel": "data"},
-                          {"kind": "curves", "x": "elapsed_s", "color": "setting",
-                           "panel": "data"}],
-              "paper": {"data": "pneumonia", "setting": "centralized",
-                        "accuracy": 0.854, "auc": 0.944,
-                        "source": "Yang et al., MedMNIST v2, Scientific Data 10:41 (2023), "
-                                  "Table 3, PneumoniaMNIST, ResNet-18 (28)"}},
+      report=ReportSpec(
+          table=("data", "setting"),
+          target=Target(reference={"setting": "centralized"}, fraction=0.95),
+          metrics=("test.accuracy", "test.auc", "clients.worst", "target.round",
+                   "target.elapsed_s", "target.mb_up", "total_mb_up", "wall_time_s"),
+          figures=(CurveFigure(x="round", color="setting", panel="data"),
+                   CurveFigure(x="elapsed_s", color="setting", panel="data")),
+          baseline=Baseline(where={"data": "pneumonia", "setting": "centralized"},
+                            accuracy=0.854, auc=0.944,
+                            source="Yang et al., MedMNIST v2, Scientific Data 10:41 (2023), "
+                                   "Table 3, PneumoniaMNIST, ResNet-18 (28)")),
       description=__doc__,
   )

@@ -28,15 +28,17 @@ PARTITIONS = {
     "site": {"partition.kind": "iid", "partition.site_shift": 1.0},
 }
 
-# The algorithms of configs/algorithms.py, as override sets.
+# The algorithms of configs/algorithms.py, as override sets. The names are those of
+# fedjax_med.algorithms.registry; each algorithm's hyper-parameters are nested under its
+# name (``algorithm.<name>.<field>``).
 ALGORITHMS = {
     "fedavg": {"algorithm.name": "fedavg"},
-    "fedprox": {"algorithm.name": "fedprox", "algorithm.mu": 0.01},
+    "fedprox": {"algorithm.name": "fedprox", "algorithm.fedprox.mu": 0.01},
     "scaffold": {"algorithm.name": "scaffold"},
     "fedadam": {"algorithm.name": "fedadam", "fl.server_lr": 0.01},
     "fedbn": {"algorithm.name": "fedbn"},
-    "fedsam": {"algorithm.name": "fedsam", "algorithm.rho": 0.05},
-    "fedasam": {"algorithm.name": "fedasam", "algorithm.rho": 0.5},
+    "fedsam": {"algorithm.name": "fedsam", "algorithm.fedsam.rho": 0.05},
+    "fedasam": {"algorithm.name": "fedasam", "algorithm.fedasam.rho": 0.5},
 }
 
 

@@ -1,7 +1,7 @@
 """Study 5: accuracy vs megabytes uploaded, for upload compressors and local-step settings.
 
   python launch/sweep.py --study=configs/studies/communication.py:cpu --jobs=2
-  python analysis/report.py --study=configs/studies/communication.py:cpu
+  python analysis/study_report.py --study=configs/studies/communication.py:cpu
 
 The quickstart setting (FedAvg, Dirichlet(0.5), 10 clients, all per round) with
 the upload compressors of configs/comm.py at S=5 local steps (cpu: none, 8-, 4-
@@ -18,7 +18,7 @@ cpu: small CNN, PneumoniaMNIST, seeds 0-2.  full: both datasets, ResNet-8 (GN),
 
 from configs import comm
 from configs.studies import common
-from fedjax_med.sweep import Study
+from fedjax_med.studies.specs import CurveFigure, ReportSpec, Study, Target
 
 TOTAL = 150  # local steps per client over the run (cpu)
 
@@ -44,11 +44,11 @@ def get_study(preset: str = "cpu") -> Study:
       name="communication", preset=preset, base=common.BASE,
       grids=({"data": data, "setting": settings},),
       seeds=(0, 1, 2) if cpu else (0, 1, 2, 3, 4), fixed=fixed,
-      report={"table": ["data", "setting"], "reference": {"setting": "none_S5"},
-              "target_fraction": 0.95,
-              "metrics": ["test.accuracy", "test.auc", "total_mb_up", "target.mb_up", "target.round",
-                          "rounds_completed"],
-              "figures": [{"kind": "curves", "x": "bytes_up", "color": "setting",
-                           "panel": "data", "logx": True}]},
+      report=ReportSpec(
+          table=("data", "setting"),
+          target=Target(reference={"setting": "none_S5"}, fraction=0.95),
+          metrics=("test.accuracy", "test.auc", "total_mb_up", "target.mb_up", "target.round",
+                   "rounds_completed"),
+          figures=(CurveFigure(x="bytes_up", color="setting", panel="data", logx=True),)),
       description=__doc__,
   )

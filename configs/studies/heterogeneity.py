@@ -1,7 +1,7 @@
 """Study 2: how non-IID clients hurt, and which algorithm copes.
 
   python launch/sweep.py --study=configs/studies/heterogeneity.py:cpu --jobs=2
-  python analysis/report.py --study=configs/studies/heterogeneity.py:cpu
+  python analysis/study_report.py --study=configs/studies/heterogeneity.py:cpu
 
 Label skew (Dirichlet alpha in {0.05, 0.1, 0.5, 1, 10} and IID), quantity skew
 (log-normal client sizes) and simulated site feature skew (per-client
@@ -20,7 +20,14 @@ full: every algorithm x every partition x both datasets, 100 rounds, seeds 0-4.
 """
 
 from configs.studies import common
-from fedjax_med.sweep import Study
+from fedjax_med.studies.specs import (
+  BarFigure,
+  CurveFigure,
+  LineFigure,
+  ReportSpec,
+  Study,
+  Target,
+)
 
 LABEL_SKEW = ("a0.05", "a0.1", "a0.5", "a1", "a10", "iid")
 BN_MODEL = {"model.name": "resnet8", "model.norm": "batch"}
@@ -53,15 +60,15 @@ def get_study(preset: str = "cpu") -> Study:
   return Study(
       name="heterogeneity", preset=preset, base=common.BASE, grids=grids,
       seeds=(0, 1, 2) if cpu else (0, 1, 2, 3, 4), fixed=fixed,
-      report={"table": ["data", "partition", "algorithm"],
-              "reference": {"partition": "iid", "algorithm": "fedavg"}, "target_fraction": 0.95,
-              "figures": [{"kind": "vs_axis", "x": "partition", "order": list(LABEL_SKEW),
-                           "color": "data", "where": {"algorithm": "fedavg"},
-                           "metrics": ["test.accuracy", "test.auc", "clients.worst"]},
-                          {"kind": "bars", "x": "partition", "color": "algorithm",
-                           "where": {"data": "pneumonia"},
-                           "metrics": ["test.accuracy", "clients.worst"]},
-                          {"kind": "curves", "x": "round", "color": "partition",
-                           "panel": "data", "where": {"algorithm": "fedavg"}}]},
+      report=ReportSpec(
+          table=("data", "partition", "algorithm"),
+          target=Target(reference={"partition": "iid", "algorithm": "fedavg"}, fraction=0.95),
+          figures=(LineFigure(x="partition", order=LABEL_SKEW, color="data",
+                              where={"algorithm": "fedavg"},
+                              metrics=("test.accuracy", "test.auc", "clients.worst")),
+                   BarFigure(x="partition", color="algorithm", where={"data": "pneumonia"},
+                             metrics=("test.accuracy", "clients.worst")),
+                   CurveFigure(x="round", color="partition", panel="data",
+                               where={"algorithm": "fedavg"}))),
       description=__doc__,
   )

@@ -1,7 +1,7 @@
 """Study 4: does federated averaging land in flatter or sharper minima than centralized SGD?
 
   python launch/sweep.py --study=configs/studies/implicit_regularization.py:cpu --jobs=2
-  python analysis/report.py --study=configs/studies/implicit_regularization.py:cpu
+  python analysis/study_report.py --study=configs/studies/implicit_regularization.py:cpu
 
 At one budget of sample-gradient evaluations (every client runs T local steps
 in total, so S local steps per round means T / S rounds; centralized SGD runs
@@ -19,7 +19,7 @@ full: T=500, both datasets, seeds 0-4.
 """
 
 from configs.studies import common
-from fedjax_med.sweep import Post, Study
+from fedjax_med.studies.specs import BarFigure, Post, ReportSpec, Study
 
 
 def get_study(preset: str = "cpu") -> Study:
@@ -71,13 +71,13 @@ def get_study(preset: str = "cpu") -> Study:
   return Study(
       name="implicit_regularization", preset=preset, base=common.BASE, grids=grids,
       seeds=(0, 1, 2) if cpu else (0, 1, 2, 3, 4), fixed=fixed, post=tuple(post),
-      report={"table": ["data", "partition", "method"],
-              "metrics": ["test.accuracy", "test.auc", "analysis.loss", "analysis.lambda_max",
-                          "analysis.trace",
-                          "analysis.eps_sharpness", "gap.loss"],
-              "figures": [{"kind": "bars", "x": "method", "color": "partition",
-                           "metrics": ["analysis.lambda_max", "analysis.trace",
-                                       "analysis.eps_sharpness", "gap.loss"]},
-                          {"kind": "landscapes"}]},
+      # The post steps' landscape plots and table are added to the report by themselves.
+      report=ReportSpec(
+          table=("data", "partition", "method"),
+          metrics=("test.accuracy", "test.auc", "analysis.loss", "analysis.lambda_max",
+                   "analysis.trace", "analysis.eps_sharpness", "gap.loss"),
+          figures=(BarFigure(x="method", color="partition",
+                             metrics=("analysis.lambda_max", "analysis.trace",
+                                      "analysis.eps_sharpness", "gap.loss")),)),
       description=__doc__,
   )

@@ -1,13 +1,14 @@
 """Report of a study sweep: CSV + Markdown tables (mean ± 95% CI over seeds) and PNG figures.
 
-  python analysis/report.py --study=configs/studies/heterogeneity.py:cpu \
+  python analysis/study_report.py --study=configs/studies/heterogeneity.py:cpu \
       [--workdir=runs/studies/heterogeneity/cpu] [--output=docs/results/heterogeneity.md]
 
 Reads every run of the study grid in WORKDIR (the sweep's directory; default
 ``runs/studies/<study>/<preset>``), aggregates over seeds, and writes
 ``docs/results/<study>.md`` (default), ``<study>.csv`` next to it and the
 figures into ``docs/results/<study>/``. Incomplete runs are listed, not
-hidden. A missing study file or sweep directory exits with code 2.
+hidden. A missing or bad study file, or a missing sweep directory, exits with code 2
+(fedjax_med/studies/document.py writes the page).
 """
 
 from __future__ import annotations
@@ -30,16 +31,15 @@ def main(argv=None) -> int:
   _flag(p, "output", default="", help="Markdown path (default docs/results/<name>.md)")
   args = p.parse_args(argv)
   cli.setup_logging()
-  from fedjax_med import sweep
   from fedjax_med.analysis import plots
-  from fedjax_med.analysis import study as study_lib
+  from fedjax_med.studies import document, loader
 
   try:
-    study = sweep.load_checked(args.study)
-  except sweep.StudyError as e:
+    study = loader.load_checked(args.study)
+  except loader.StudyError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  workdir = args.workdir or sweep.default_workdir(study)
+  workdir = args.workdir or loader.default_workdir(study)
   if not os.path.isdir(workdir):
     print(f"error: sweep directory {workdir} does not exist; run first: python launch/sweep.py "
           f"--study={args.study} --workdir={workdir}", file=sys.stderr)
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
   ok = plots.available()
   if not ok:
     print(plots.MISSING_MESSAGE)
-  result = study_lib.make_report(study, workdir, args.study, out, plots_ok=ok)
+  result = document.make_report(study, workdir, args.study, out, plots_ok=ok)
   print(f"wrote {out} ({result['complete']}/{result['total']} runs complete, "
         f"{len(result['figures'])} figures)")
   return 0

@@ -1,4 +1,4 @@
-"""Study grids (fedjax_med/sweep.py) and ``launch/sweep.py --study=FILE:PRESET``.
+"""Study grids (fedjax_med/studies/) and ``launch/sweep.py --study=FILE:PRESET``.
 
 The end-to-end tests run a 2-run grid of tiny synthetic runs once (module
 fixture, through the CLI as a user runs it) and check skipping, resuming,
@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 
 from configs import base
-from fedjax_med import sweep
 from fedjax_med.data import synthetic
-from fedjax_med.sweep import Post, Study
+from fedjax_med.studies import grid, loader, runner
+from fedjax_med.studies.specs import Post, Study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_IID = "partition-iid+seed-0"
 RUN_A1 = "partition-a1+seed-0"
 
 STUDY_FILE = '''
-from fedjax_med.sweep import Study
+from fedjax_med.studies.specs import Study
 
 TINY = {{
     "data.root": {root!r}, "data.verify_md5": False, "data.download": False,
@@ -98,7 +98,7 @@ def test_expand_is_the_product_of_axes_and_seeds_in_order():
         "alg": {"avg": {"algorithm.name": "fedavg", "fl.rounds": 3},
                 "prox": {"algorithm.name": "fedprox"}, "lr.5": {"fl.client_lr": 0.5}}},),
       seeds=(0, 7), fixed={"fl.rounds": 9, "seed": 99, "eval.every": 1})
-  runs = sweep.expand(study)
+  runs = grid.expand(study)
   assert len(runs) == 2 * 3 * 2
   assert [r.name for r in runs[:4]] == ["data-p+alg-avg+seed-0", "data-p+alg-avg+seed-7",
                                         "data-p+alg-prox+seed-0", "data-p+alg-prox+seed-7"]
@@ -117,7 +117,7 @@ def test_expand_is_the_product_of_axes_and_seeds_in_order():
 
 def test_expand_later_axis_overrides_earlier_one():
   study = make_study(({"a": {"x": {"fl.rounds": 1}}, "b": {"y": {"fl.rounds": 2}}},), seeds=(0,))
-  (run,) = sweep.expand(study)
+  (run,) = grid.expand(study)
   assert run.name == "a-x+b-y+seed-0" and run.overrides == {"fl.rounds": 2, "seed": 0}
 
 
@@ -125,7 +125,7 @@ def test_expand_unions_grids_and_deduplicates():
   shared = {"iid": {"partition.kind": "iid"}}
   g1 = {"partition": {**shared, "a1": {"partition.kind": "dirichlet", "partition.alpha": 1.0}}}
   g2 = {"partition": {**shared, "q": {"partition.kind": "quantity"}}}
-  runs = sweep.expand(make_study((g1, g2)))
+  runs = grid.expand(make_study((g1, g2)))
   assert [r.name for r in runs] == [
       "partition-iid+seed-0", "partition-iid+seed-1", "partition-a1+seed-0",
       "partition-a1+seed-1", "partition-q+seed-0", "partition-q+seed-1"]
@@ -135,31 +135,31 @@ def test_expand_same_name_with_different_overrides_raises():
   g1 = {"partition": {"iid": {"partition.kind": "iid"}}}
   g2 = {"partition": {"iid": {"partition.kind": "iid", "partition.site_shift": 1.0}}}
   with pytest.raises(ValueError, match="different overrides"):
-    sweep.expand(make_study((g1, g2)))
+    grid.expand(make_study((g1, g2)))
 
 
 @pytest.mark.parametrize("label", ["a/b", "a b", "", "a+b", "../x"])
 def test_expand_rejects_unsafe_labels(label):
   with pytest.raises(ValueError, match="label"):
-    sweep.expand(make_study(({"partition": {label: {"partition.kind": "iid"}}},)))
+    grid.expand(make_study(({"partition": {label: {"partition.kind": "iid"}}},)))
 
 
 def test_expand_rejects_unsafe_axis_names():
   with pytest.raises(ValueError):
-    sweep.expand(make_study(({"part ition": {"iid": {"partition.kind": "iid"}}},)))
+    grid.expand(make_study(({"part ition": {"iid": {"partition.kind": "iid"}}},)))
 
 
 def test_expand_without_seeds_raises():
   with pytest.raises(ValueError, match="no seeds"):
-    sweep.expand(make_study(({"partition": {"iid": {}}},), seeds=()))
+    grid.expand(make_study(({"partition": {"iid": {}}},), seeds=()))
 
 
 def test_command_puts_extra_overrides_last():
   study = make_study(({"partition": {"iid": {"partition.kind": "iid"}}},), seeds=(3,),
                      fixed={"fl.rounds": 5})
-  (run,) = sweep.expand(study)
-  argv = sweep.command(study, run, "/tmp/sw", extra={"fl.rounds": "1", "eval.every": "1"})
-  assert argv[:3] == [sys.executable, os.path.join(sweep.ROOT, "launch", "main.py"),
+  (run,) = grid.expand(study)
+  argv = runner.command(study, run, "/tmp/sw", extra={"fl.rounds": "1", "eval.every": "1"})
+  assert argv[:3] == [sys.executable, os.path.join(loader.ROOT, "launch", "main.py"),
                       "--config=configs/quickstart.py"]
   assert "--workdir=/tmp/sw/partition-iid+seed-3" in argv
   flags = [a for a in argv if a.startswith("--config.") and a != "--config.log.progress=lines"]
@@ -173,31 +173,33 @@ def test_relative_sweep_dir_means_the_same_directory_to_parent_and_children(tmp_
   study = make_study(({"partition": {"iid": {"partition.kind": "iid"}}},), seeds=(0,))
   monkeypatch.chdir(tmp_path)
   lines = []
-  sweep.run_all(study, "rel", dry_run=True, log=lines.append)
+  runner.run_all(study, "rel", dry_run=True, log=lines.append)
   (cmd,) = [line for line in lines if line.startswith("$ ")]
   (workdir,) = [a.split("=", 1)[1] for a in cmd.split() if a.startswith("--workdir=")]
   # what the child (cwd = repository root) writes vs where the parent looks for summary.json
-  assert os.path.join(sweep.ROOT, workdir) == str(tmp_path / "rel" / "partition-iid+seed-0")
+  assert os.path.join(loader.ROOT, workdir) == str(tmp_path / "rel" / "partition-iid+seed-0")
 
 
 # ----------------------------------------------------------------------------- study files
 
 
 def test_load_study_from_a_file_and_preset(study_file):
-  study = sweep.load_study(f"{study_file}:cpu")
+  study = loader.load_study(f"{study_file}:cpu")
   assert study.name == "tiny" and study.preset == "cpu" and study.seeds == (0,)
-  runs = sweep.expand(study)
+  runs = grid.expand(study)
   assert [r.name for r in runs] == [RUN_IID, RUN_A1]
   assert runs[1].overrides["partition.alpha"] == 1.0
   assert runs[0].overrides["model.name"] == "cnn_tiny"
   with pytest.raises(ValueError, match="unknown preset"):
-    sweep.load_study(f"{study_file}:nope")
+    loader.load_study(f"{study_file}:nope")
   with pytest.raises(FileNotFoundError):
-    sweep.load_study(f"{study_file.parent / 'missing.py'}:cpu")
+    loader.load_study(f"{study_file.parent / 'missing.py'}:cpu")
 
 
 STUDIES = ("centralized_vs_federated", "heterogeneity", "architectures",
            "implicit_regularization", "communication")
+# One-axis studies over the presets of one config file (configs/comm.py, ...): cpu only.
+PRESET_STUDIES = ("comm_presets", "local_step_presets", "algorithm_presets")
 
 
 def config_has_key(config, dotted: str) -> bool:
@@ -209,19 +211,19 @@ def config_has_key(config, dotted: str) -> bool:
   return not hasattr(node, "keys")  # a leaf, not a whole sub-config
 
 
-@pytest.mark.parametrize("preset", ["cpu", "full"])
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("name,preset", [(n, p) for n in STUDIES for p in ("cpu", "full")] +
+                         [(n, "cpu") for n in PRESET_STUDIES])
 def test_real_studies_load_and_expand(name, preset):
-  study = sweep.load_study(f"{REPO / 'configs' / 'studies' / name}.py:{preset}")
+  study = loader.load_checked(f"{REPO / 'configs' / 'studies' / name}.py:{preset}")
   assert study.preset == preset
-  runs = sweep.expand(study)
+  runs = grid.expand(study)
   assert runs
   config = base.get_config()
   for r in runs:
     assert "seed" in r.overrides and r.overrides["seed"] == int(r.axes["seed"])
     bad = [k for k in r.overrides if not config_has_key(config, k)]
     assert not bad, f"{name}:{preset} run {r.name}: unknown config keys {bad}"
-  if preset == "cpu":
+  if preset == "cpu" and name in STUDIES:
     assert tuple(study.seeds) == (0, 1, 2)
     datasets = {r.overrides.get("data.name", "pneumoniamnist") for r in runs}
     assert datasets <= {"pneumoniamnist", "breastmnist"}, datasets
@@ -348,22 +350,22 @@ def test_post_steps_run_once_after_the_grid(done_sweep, study_file, tmp_path):
       Post("needs_missing", (str(script), "{sweep}/never.txt"), "{sweep}/never.txt",
            (RUN_IID, "partition-q+seed-0")),
   )
-  study = dataclasses.replace(sweep.load_study(f"{study_file}:cpu"), post=post)
+  study = dataclasses.replace(loader.load_study(f"{study_file}:cpu"), post=post)
   lines = []
-  manifest = sweep.run_all(study, str(sweep_dir), log=lines.append)
+  manifest = runner.run_all(study, str(sweep_dir), log=lines.append)
   status = {p["name"]: p["status"] for p in manifest["post"]}
   assert status["scan"] == "done"
   assert status["done_before"] == "skipped (complete)"
   assert status["needs_missing"].startswith("failed") and "partition-q+seed-0" in status[
       "needs_missing"]
-  assert sweep.failed(manifest) == ["needs_missing"]
+  assert runner.failed(manifest) == ["needs_missing"]
   assert (sweep_dir / "scan.txt").read_text() == f"--workdirs={sweep_dir}/{RUN_IID}"
   assert already.read_text() == "old" and not (tmp_path / "already.txt.calls").exists()
   assert not (sweep_dir / "never.txt").exists() and not (sweep_dir / "never.txt.calls").exists()
   assert [r["status"] for r in manifest["runs"]] == ["skipped (complete)"] * 2
   assert statuses(sweep_dir)["scan"] == "done"  # sweep.json written
   # second time: the output exists, the step is skipped, the script is not called again
-  manifest = sweep.run_all(study, str(sweep_dir), log=lines.append)
+  manifest = runner.run_all(study, str(sweep_dir), log=lines.append)
   assert {p["name"]: p["status"] for p in manifest["post"]}["scan"] == "skipped (complete)"
   assert (sweep_dir / "scan.txt.calls").read_text() == "x\n"
 
@@ -372,8 +374,8 @@ def test_failing_post_step_is_reported(done_sweep, study_file, tmp_path):
   sweep_dir = copy_sweep(done_sweep, tmp_path)
   script = tmp_path / "boom.py"
   script.write_text("import sys\nsys.exit(3)\n")
-  study = dataclasses.replace(sweep.load_study(f"{study_file}:cpu"),
+  study = dataclasses.replace(loader.load_study(f"{study_file}:cpu"),
                               post=(Post("boom", (str(script),), "{sweep}/boom.txt"),))
-  manifest = sweep.run_all(study, str(sweep_dir), log=lambda _: None)
+  manifest = runner.run_all(study, str(sweep_dir), log=lambda _: None)
   assert manifest["post"][0]["status"] == "failed: exit 3"
-  assert sweep.failed(manifest) == ["boom"]
+  assert runner.failed(manifest) == ["boom"]

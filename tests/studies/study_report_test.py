@@ -1,6 +1,7 @@
 """Study reports on synthetic sweeps: grouping, intervals, targets, relative drops, files."""
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -8,15 +9,24 @@ import math
 import numpy as np
 import pytest
 
-from fedjax_med import sweep
-from fedjax_med.analysis import study as study_lib
+from fedjax_med.studies import document, figures, grid, results, stats, tables
+from fedjax_med.studies.specs import (
+  BarFigure,
+  CurveFigure,
+  HeatmapFigure,
+  Post,
+  Relative,
+  ReportSpec,
+  Study,
+  Target,
+)
 
 
 def make_study(**report):
-  return sweep.Study(
+  return Study(
       name="toy", preset="cpu", base="configs/quickstart.py",
       grids=({"data": {"d1": {}, "d2": {}}, "setting": {"central": {}, "fed": {}}},),
-      seeds=(0, 1, 2), report={"table": ["data", "setting"], **report},
+      seeds=(0, 1, 2), report=ReportSpec(table=("data", "setting"), **report),
       description="Toy study.\n\n  python launch/sweep.py --study=x\n\nMore text.",
   )
 
@@ -29,7 +39,7 @@ ACC = {("d1", "central", 0): 0.90, ("d1", "central", 1): 0.86, ("d1", "central",
 
 
 def write_runs(sweep_dir, study):
-  for run in sweep.expand(study):
+  for run in grid.expand(study):
     key = (run.axes["data"], run.axes["setting"], int(run.axes["seed"]))
     d = sweep_dir / run.name
     d.mkdir(parents=True)
@@ -48,21 +58,21 @@ def write_runs(sweep_dir, study):
 
 
 def test_mean_ci_matches_student_t():
-  mean, ci, n = study_lib.mean_ci([0.9, 0.86, 0.88])
+  mean, ci, n = stats.mean_ci([0.9, 0.86, 0.88])
   assert n == 3 and mean == pytest.approx(0.88)
   assert ci == pytest.approx(4.303 * np.std([0.9, 0.86, 0.88], ddof=1) / math.sqrt(3))
-  assert math.isnan(study_lib.mean_ci([0.5])[1]) and study_lib.mean_ci([None, 0.5])[2] == 1
-  assert study_lib.mean_ci([])[2] == 0
-  assert study_lib.t_quantile(1) == 12.706 and study_lib.t_quantile(100) == 1.96
+  assert math.isnan(stats.mean_ci([0.5])[1]) and stats.mean_ci([None, 0.5])[2] == 1
+  assert stats.mean_ci([])[2] == 0
+  assert stats.t_quantile(1) == 12.706 and stats.t_quantile(100) == 1.96
 
 
 def test_rows_intervals_and_missing_runs(tmp_path):
   study = make_study()
   write_runs(tmp_path, study)
-  results = study_lib.collect(study, str(tmp_path))
-  assert len(results) == 12 and sum(r.complete for r in results) == 11
-  rows = study_lib.aggregate(results, ["data", "setting"], ["test.accuracy", "clients.worst"],
-                             study_lib.axis_order(study))
+  runs = results.collect(study, str(tmp_path))
+  assert len(runs) == 12 and sum(r.complete for r in runs) == 11
+  rows = tables.aggregate(runs, ["data", "setting"], ["test.accuracy", "clients.worst"],
+                             grid.axis_order(study))
   assert [(r["data"], r["setting"]) for r in rows] == [
       ("d1", "central"), ("d1", "fed"), ("d2", "central"), ("d2", "fed")]
   for r in rows:
@@ -75,23 +85,23 @@ def test_rows_intervals_and_missing_runs(tmp_path):
     assert ci == pytest.approx(t * np.std(accs, ddof=1) / math.sqrt(n))
     assert r["clients.worst"][0] == pytest.approx(np.mean(accs) - 0.1)
   # analysis records and the generalization gap
-  r0 = results[0]
+  r0 = runs[0]
   assert r0.metrics["analysis.lambda_max"] == 10.0 and "analysis.seconds.lanczos" not in r0.metrics
   assert r0.metrics["gap.loss"] == pytest.approx(0.75 - 0.25)
-  md = study_lib.to_markdown(rows, ["data", "setting"], ["test.accuracy"])
+  md = tables.to_markdown(rows, ["data", "setting"], ["test.accuracy"])
   lines = md.splitlines()
   assert len(lines) == 2 + 4 and lines[2].startswith("| d1 | central | 0.880 ± ")
   assert lines[-1].endswith("| 2/3 |")  # n shows the incomplete run
-  table = list(csv.DictReader(io.StringIO(study_lib.to_csv(rows, ["data", "setting"],
+  table = list(csv.DictReader(io.StringIO(tables.to_csv(rows, ["data", "setting"],
                                                            ["test.accuracy"]))))
   assert len(table) == 4 and float(table[1]["test.accuracy.mean"]) == pytest.approx(0.78)
   assert table[3]["test.accuracy.n"] == "2" and table[3]["n_runs"] == "3"
 
 
 def test_targets_are_relative_to_matching_reference_runs(tmp_path):
-  study = make_study(reference={"setting": "central"}, target_fraction=0.95)
+  study = make_study(target=Target(reference={"setting": "central"}, fraction=0.95))
   write_runs(tmp_path, study)
-  by_name = {r.name: r for r in study_lib.collect(study, str(tmp_path))}
+  by_name = {r.name: r for r in results.collect(study, str(tmp_path))}
   # d1 target = 0.95 * 0.88 = 0.836: seed 0 (0.83 at round 2, 0.80 final) never reaches it.
   fed0 = by_name["data-d1+setting-fed+seed-0"].metrics
   assert fed0["target.accuracy"] == pytest.approx(0.836)
@@ -101,14 +111,14 @@ def test_targets_are_relative_to_matching_reference_runs(tmp_path):
   # d2 target = 0.95 * 0.62 = 0.589: reached at round 2 (0.83) by everyone.
   d2 = by_name["data-d2+setting-fed+seed-1"].metrics
   assert d2["target.accuracy"] == pytest.approx(0.589) and d2["target.round"] == 2
-  rows = study_lib.aggregate(list(by_name.values()), ["data", "setting"], ["target.round"])
+  rows = tables.aggregate(list(by_name.values()), ["data", "setting"], ["target.round"])
   assert rows[1]["target.reached"] == 1 and rows[1]["target.round"][0] == 3
 
 
 def test_relative_accuracy_is_paired_by_seed(tmp_path):
-  study = make_study(relative={"axis": "setting", "reference": "central"})
+  study = make_study(relative=Relative(axis="setting", reference="central"))
   write_runs(tmp_path, study)
-  by_name = {r.name: r for r in study_lib.collect(study, str(tmp_path))}
+  by_name = {r.name: r for r in results.collect(study, str(tmp_path))}
   m = by_name["data-d1+setting-fed+seed-1"].metrics
   assert m["relative.accuracy"] == pytest.approx(0.70 / 0.86)
   assert m["relative.drop"] == pytest.approx(0.16)
@@ -117,19 +127,18 @@ def test_relative_accuracy_is_paired_by_seed(tmp_path):
 def test_make_report_writes_markdown_csv_and_figures(tmp_path):
   pytest.importorskip("matplotlib")
   study = make_study(
-      reference={"setting": "central"},
-      figures=[{"kind": "curves", "x": "round", "color": "setting", "panel": "data"},
-               {"kind": "bars", "x": "setting", "color": "data", "metrics": ["test.accuracy"]},
-               {"kind": "heatmap", "rows": "data", "cols": "setting",
-                "metric": "test.accuracy"}])
+      target=Target(reference={"setting": "central"}),
+      figures=(CurveFigure(x="round", color="setting", panel="data"),
+               BarFigure(x="setting", color="data", metrics=("test.accuracy",)),
+               HeatmapFigure(rows="data", cols="setting", metric="test.accuracy")))
   write_runs(tmp_path / "sweep", study)
-  out = tmp_path / "docs" / "testing.md"
-  result = study_lib.make_report(study, str(tmp_path / "sweep"), "testing.py:cpu", str(out))
+  out = tmp_path / "docs" / "toy.md"
+  result = document.make_report(study, str(tmp_path / "sweep"), "toy.py:cpu", str(out))
   text = out.read_text()
-  assert "preset `cpu`" in text and "python analysis/report.py --study=testing.py:cpu" in text
+  assert "preset `cpu`" in text and "python analysis/study_report.py --study=toy.py:cpu" in text
   assert "| d2 | fed |" in text and "data-d2+setting-fed+seed-2" in text  # listed as incomplete
   assert "More text." in text and "  python launch/sweep.py --study=x" not in text
-  assert (tmp_path / "docs" / "testing.csv").exists()
+  assert (tmp_path / "docs" / "toy.csv").exists()
   assert len(result["figures"]) == 3
   for _, name in result["figures"]:
     png = tmp_path / "docs" / "toy" / name
@@ -142,7 +151,7 @@ def test_report_cli_exits_2_without_sweep_dir(tmp_path):
   from pathlib import Path
 
   repo = Path(__file__).resolve().parents[2]
-  res = subprocess.run([sys.executable, str(repo / "analysis" / "report.py"),
+  res = subprocess.run([sys.executable, str(repo / "analysis" / "study_report.py"),
                         "--study=configs/studies/communication.py:cpu",
                         f"--workdir={tmp_path / 'none'}", f"--output={tmp_path / 'x.md'}"],
                        capture_output=True, text=True, cwd=repo, timeout=300)
@@ -156,7 +165,27 @@ def test_incomplete_runs_show_their_error(tmp_path):
       "$ python launch/main.py\nerror: non-finite training loss (nan) in round 3; stopped. "
       "The last good checkpoint (round 2) is kept in x.\n")
   (tmp_path / "logs" / "b.log").write_text("$ python launch/main.py\nround 1/5\n")
-  assert study_lib.run_error(str(tmp_path), "a") == (
+  assert results.run_error(str(tmp_path), "a") == (
       "error: non-finite training loss (nan) in round 3; stopped")
-  assert "interrupted" in study_lib.run_error(str(tmp_path), "b")
-  assert study_lib.run_error(str(tmp_path), "c") == "not run (yet)"
+  assert "interrupted" in results.run_error(str(tmp_path), "b")
+  assert results.run_error(str(tmp_path), "c") == "not run (yet)"
+
+
+def test_landscape_table_and_plots_of_post_steps(tmp_path):
+  out = tmp_path / "sweep" / "landscape" / "ab"
+  out.mkdir(parents=True)
+  # On the line A -> B (t in [0, 1]) the loss 2.5 at t=0.5 exceeds the chord (1 + 2) / 2 by 1.
+  (out / "landscape.json").write_text(json.dumps({
+      "line_1": [2.0, 1.0, 3.0],
+      "interpolation": {"t": [-0.5, 0.0, 0.5, 1.0, 1.5], "loss": [3.0, 1.0, 2.5, 2.0, 4.0]}}))
+  (out / "interpolation.png").write_bytes(b"\x89PNG")
+  post = (Post("ab", ("analysis/landscape.py",), "{sweep}/landscape/ab/landscape.json"),
+          Post("never", ("analysis/landscape.py",), "{sweep}/landscape/never/landscape.json"))
+  study = dataclasses.replace(make_study(), post=post)
+  (tmp_path / "figs").mkdir()
+  written, md = figures.landscapes(study, str(tmp_path / "sweep"), str(tmp_path / "figs"), "cpu")
+  assert written == [("ab: interpolation", "cpu_ab_interpolation.png")]
+  assert (tmp_path / "figs" / "cpu_ab_interpolation.png").exists()
+  header, _, row = md.splitlines()
+  assert header == ("| step | loss at A | loss at ±span (dir 1, max) | loss at B | barrier on A→B |")
+  assert row == "| ab | 1.0000 | 3.0000 | 2.0000 | 1.0000 |"

@@ -1,0 +1,41 @@
+"""Studies: grids of runs over config overrides, their runner and their report.
+
+A study file (``configs/studies/<name>.py``) builds a typed :class:`Study`
+(``specs``); ``grid`` expands it into runs; ``loader`` loads and checks a
+``FILE:PRESET``; ``runner`` runs the grid resumably (``launch/sweep.py``);
+``results``, ``stats``, ``tables``, ``figures`` and ``document`` make the report
+(``analysis/study_report.py``).
+"""
+
+from fedjax_med.studies.grid import Run, expand
+from fedjax_med.studies.loader import StudyError, load_checked, load_study
+from fedjax_med.studies.specs import (
+  BarFigure,
+  Baseline,
+  CurveFigure,
+  HeatmapFigure,
+  LineFigure,
+  Post,
+  Relative,
+  ReportSpec,
+  Study,
+  Target,
+)
+
+__all__ = [
+    "BarFigure",
+    "Baseline",
+    "CurveFigure",
+    "HeatmapFigure",
+    "LineFigure",
+    "Post",
+    "Relative",
+    "ReportSpec",
+    "Run",
+    "Study",
+    "StudyError",
+    "Target",
+    "expand",
+    "load_checked",
+    "load_study",
+]

@@ -1,0 +1,156 @@
+"""A sweep's runs as flat metrics: ``collect(study, sweep_dir)`` -> :class:`RunResult` list.
+
+Each run's ``summary.json`` and ``metrics.jsonl`` become flat metric dicts:
+
+- ``test.accuracy``, ``test.auc``, ``test.loss`` (and ``val.*``) at the last round,
+- ``clients.worst`` / ``clients.mean`` / ``clients.p10`` (fedjax_med/client_eval.py),
+- ``analysis.*``: the last sharpness record in ``metrics.jsonl`` (``config.analysis``),
+- ``gap.loss``: test loss minus the analysis subset's (training) loss,
+- ``total_bytes_up`` / ``total_mb_up``, ``wall_time_s``, ``rounds_completed``,
+- ``target.round`` / ``target.elapsed_s`` / ``target.bytes_up`` / ``target.mb_up``:
+  the first evaluation at which test accuracy reached ``Target.fraction`` of the
+  mean final accuracy of the reference runs (matched on the other non-seed
+  axes), None if it never did,
+- ``relative.accuracy`` / ``relative.drop`` against a same-seed reference run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fedjax_med.studies import grid
+from fedjax_med.studies.specs import Relative, Study, Target
+
+
+@dataclasses.dataclass
+class RunResult:
+  """One run's flat metrics.
+
+  Attributes:
+    name: the run name.
+    axes: axis -> label (incl. ``seed``).
+    metrics: flat metric -> float | None.
+    curve: test evaluations, dicts with round, accuracy, auc, elapsed_s, bytes_up.
+    complete: whether the run wrote ``summary.json``.
+  """
+
+  name: str
+  axes: dict
+  metrics: dict
+  curve: list
+  complete: bool
+
+
+def _flatten(prefix: str, node, out: dict) -> None:
+  if isinstance(node, Mapping):
+    for k, v in node.items():
+      _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+  elif isinstance(node, (int, float)) and not isinstance(node, bool):
+    out[prefix] = float(node)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def read_run(sweep_dir: str, run: grid.Run) -> RunResult:
+  """One run's metrics (``complete`` False, and only the curve so far, if it has no summary)."""
+  d = os.path.join(sweep_dir, run.name)
+  flat: dict = {}
+  summary_path = os.path.join(d, "summary.json")
+  complete = os.path.exists(summary_path)
+  if complete:
+    with open(summary_path) as f:
+      summary = json.load(f)
+    clients = summary.pop("clients", None) or {}
+    clients.pop("accuracy", None)
+    clients.pop("model", None)
+    _flatten("", {k: v for k, v in summary.items() if k != "engine"}, flat)
+    _flatten("clients", clients, flat)
+    if "total_bytes_up" in flat:
+      flat["total_mb_up"] = flat["total_bytes_up"] / 1e6
+  records = _read_jsonl(os.path.join(d, "metrics.jsonl"))
+  curve = [r for r in records if r.get("split") == "test"]
+  analysis = [r for r in records if r.get("split") == "analysis"]
+  if analysis:
+    _flatten("analysis", {k: v for k, v in analysis[-1].items()
+                          if k not in ("round", "split", "seconds")}, flat)
+    if "test.loss" in flat and "analysis.loss" in flat:
+      flat["gap.loss"] = flat["test.loss"] - flat["analysis.loss"]
+  return RunResult(run.name, dict(run.axes), flat, curve, complete)
+
+
+def collect(study: Study, sweep_dir: str) -> list[RunResult]:
+  """Every run of the study grid (complete or not), with targets and relative metrics."""
+  results = [read_run(sweep_dir, r) for r in grid.expand(study)]
+  if study.report.target:
+    add_targets(results, study.report.target)
+  if study.report.relative:
+    add_relative(results, study.report.relative)
+  return results
+
+
+def _key(axes: Mapping, drop) -> tuple:
+  return tuple((k, v) for k, v in axes.items() if k not in drop)
+
+
+def add_targets(results: list[RunResult], target: Target) -> None:
+  """Fills ``target.*`` of each run: first evaluation with test accuracy >= ``target.fraction``
+  x the mean final accuracy of the reference runs that share the run's other axis labels."""
+  reference = target.reference
+  drop = set(reference) | {"seed"}
+  refs: dict[tuple, list[float]] = {}
+  for r in results:
+    if r.complete and all(r.axes.get(k) == v for k, v in reference.items()):
+      refs.setdefault(_key(r.axes, drop), []).append(r.metrics.get("test.accuracy"))
+  for r in results:
+    accs = refs.get(_key(r.axes, drop))
+    if not accs or not r.complete:
+      continue
+    goal = target.fraction * float(np.mean(accs))
+    r.metrics["target.accuracy"] = goal
+    hit = next((x for x in r.curve if x["accuracy"] >= goal), None)
+    r.metrics["target.reached"] = 1.0 if hit else 0.0
+    for name in ("round", "elapsed_s", "bytes_up"):
+      r.metrics[f"target.{name}"] = float(hit[name]) if hit and name in hit else None
+    if r.metrics["target.bytes_up"] is not None:
+      r.metrics["target.mb_up"] = r.metrics["target.bytes_up"] / 1e6
+
+
+def add_relative(results: list[RunResult], relative: Relative) -> None:
+  """``relative.accuracy`` = acc / acc of the same-seed run with ``axis`` = ``reference``, and
+  ``relative.drop`` = reference acc - acc (both paired by seed and the other axes)."""
+  axis = {relative.axis}
+  refs = {_key(r.axes, axis): r.metrics.get("test.accuracy")
+          for r in results if r.complete and r.axes.get(relative.axis) == relative.reference}
+  for r in results:
+    ref = refs.get(_key(r.axes, axis))
+    acc = r.metrics.get("test.accuracy")
+    if ref and acc is not None:
+      r.metrics["relative.accuracy"] = acc / ref
+      r.metrics["relative.drop"] = ref - acc
+
+
+def select(results: Sequence[RunResult], where: Mapping[str, str]) -> list[RunResult]:
+  """The complete runs whose axes have the labels of ``where``."""
+  return [r for r in results if r.complete and all(r.axes.get(k) == v for k, v in where.items())]
+
+
+def run_error(sweep_dir: str, name: str) -> str:
+  """Why a run has no summary: its log's last ``error:`` line, or 'not run (yet)'."""
+  path = os.path.join(sweep_dir, "logs", name + ".log")
+  if not os.path.exists(path):
+    return "not run (yet)"
+  with open(path, errors="replace") as f:
+    errors_ = [line.strip() for line in f if line.startswith("error:")]
+  if not errors_:
+    return "incomplete (interrupted or running)"
+  return errors_[-1].split(". ")[0].replace("|", "/")  # first sentence, table-safe

@@ -1,0 +1,166 @@
+"""Running a study: each run in its own process and workdir, resumable, then the post steps.
+
+Each run is ``launch/main.py --config=BASE --workdir=SWEEP/RUN --config.KEY=VALUE
+...`` in its own process and workdir, so finished runs are kept: a run is
+complete when its ``summary.json`` exists, and rerunning the sweep skips it
+(an interrupted run resumes from its last checkpoint). ``post`` steps (e.g. a
+loss-landscape scan of two finished runs) run after the grid, each skipped when
+its output file exists. ``SWEEP/sweep.json`` records every run's command and status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+from fedjax_med.studies.grid import Run, expand
+from fedjax_med.studies.loader import ROOT
+from fedjax_med.studies.specs import Post, Study
+
+
+def command(study: Study, run: Run, sweep_dir: str, extra: Mapping | None = None) -> list[str]:
+  """``launch/main.py`` argv of ``run``; ``extra`` overrides come last (smoke tests)."""
+  overrides = {**run.overrides, **(extra or {})}
+  return [sys.executable, os.path.join(ROOT, "launch", "main.py"), f"--config={study.base}",
+          f"--workdir={os.path.join(sweep_dir, run.name)}", "--config.log.progress=lines"] + [
+              f"--config.{k}={v}" for k, v in overrides.items()]  # str() parses back
+
+
+def shell(argv: Sequence[str]) -> str:
+  """``argv`` as a copy-pasteable line relative to the repository root."""
+  parts = []
+  for a in argv:
+    a = "python" if a == sys.executable else a.replace(ROOT + os.sep, "")
+    parts.append(a if re.match(r"^[\w@%+=:,./-]+$", a) else "'" + a.replace("'", "'\\''") + "'")
+  return " ".join(parts)
+
+
+def is_complete(sweep_dir: str, run: Run) -> bool:
+  return os.path.exists(os.path.join(sweep_dir, run.name, "summary.json"))
+
+
+def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = False,
+            only: str = "", extra: Mapping | None = None, log=print) -> dict:
+  """Runs every incomplete run (``jobs`` at a time), then the post steps; writes sweep.json.
+
+  Args:
+    study: the study.
+    sweep_dir: the sweep directory (relative to the current directory).
+    jobs: runs at once.
+    dry_run: only log the commands of the incomplete runs (and return ``{}``).
+    only: a regular expression; only runs whose name it matches.
+    extra: overrides added to every run (e.g. ``{"fl.rounds": 1}`` for a smoke test).
+    log: where progress lines go.
+
+  Returns:
+    The manifest written to ``SWEEP/sweep.json``: the study, each run's name,
+    axes, command and status (``done`` / ``skipped (complete)`` / ``failed: exit
+    N``). A failed run is reported and the others go on.
+  """
+  sweep_dir = os.path.abspath(sweep_dir)  # children run with cwd=ROOT
+  runs = expand(study)
+  if only:
+    runs = [r for r in runs if re.search(only, r.name)]
+  os.makedirs(os.path.join(sweep_dir, "logs"), exist_ok=True)
+  status = {r.name: "skipped (complete)" for r in runs if is_complete(sweep_dir, r)}
+  todo = [r for r in runs if r.name not in status]
+  log(f"study {study.name}:{study.preset}: {len(runs)} runs, {len(runs) - len(todo)} complete, "
+      f"{len(todo)} to run, {jobs} at a time")
+  if dry_run:
+    for r in todo:
+      log("$ " + shell(command(study, r, sweep_dir, extra)))
+    return {}
+  argvs = {r.name: command(study, r, sweep_dir, extra) for r in todo}
+  status.update(_run_processes(argvs, sweep_dir, jobs, log))
+  for p in study.post:
+    status["post:" + p.name] = _run_post(p, sweep_dir, log)
+  manifest = _manifest(study, runs, sweep_dir, extra, status)
+  tmp = os.path.join(sweep_dir, "sweep.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(manifest, f, indent=1)
+  os.replace(tmp, os.path.join(sweep_dir, "sweep.json"))
+  return manifest
+
+
+def _run_processes(argvs: Mapping[str, list[str]], sweep_dir: str, jobs: int, log) -> dict:
+  """Runs ``argvs`` (run name -> argv) ``jobs`` at a time, logging to ``logs/<name>.log``.
+
+  Returns:
+    run name -> ``done`` or ``failed: exit N``. On an exception (Ctrl-C) the
+    running children are stopped; they resume from their checkpoints next time.
+  """
+  t0 = time.time()
+  status: dict[str, str] = {}
+  running: list[tuple[str, subprocess.Popen, object]] = []
+  pending = list(argvs)
+  try:
+    while pending or running:
+      while pending and len(running) < max(1, jobs):
+        name = pending.pop(0)
+        logf = open(os.path.join(sweep_dir, "logs", name + ".log"), "a")
+        logf.write("$ " + shell(argvs[name]) + "\n")
+        logf.flush()
+        proc = subprocess.Popen(argvs[name], stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
+        running.append((name, proc, logf))
+      time.sleep(0.2)
+      for item in [x for x in running if x[1].poll() is not None]:
+        name, proc, logf = item
+        running.remove(item)
+        logf.close()
+        status[name] = "done" if proc.returncode == 0 else f"failed: exit {proc.returncode}"
+        minutes = (time.time() - t0) / 60
+        eta = minutes / len(status) * (len(argvs) - len(status))
+        log(f"[{len(status)}/{len(argvs)}] {name}: {status[name]} "
+            f"({minutes:.1f} min, ~{eta:.1f} min left)")
+  finally:
+    for _, proc, logf in running:
+      proc.terminate()
+      proc.wait()
+      logf.close()
+  return status
+
+
+def _post_argv(p: Post, sweep_dir: str | None) -> list[str]:
+  """The step's argv; ``{sweep}`` filled in unless ``sweep_dir`` is None (the manifest)."""
+  args = p.argv[1:] if sweep_dir is None else [a.format(sweep=sweep_dir) for a in p.argv[1:]]
+  return [sys.executable, os.path.join(ROOT, p.argv[0]), *args]
+
+
+def _run_post(p: Post, sweep_dir: str, log) -> str:
+  """Runs one post step unless its output exists or a run it needs is missing; its status."""
+  if os.path.exists(p.output.format(sweep=sweep_dir)):
+    return "skipped (complete)"
+  missing = [n for n in p.needs if not os.path.exists(os.path.join(sweep_dir, n, "summary.json"))]
+  if missing:
+    return f"failed: missing runs {missing}"
+  argv = _post_argv(p, sweep_dir)
+  log(f"post {p.name}: " + shell(argv))
+  with open(os.path.join(sweep_dir, "logs", "post_" + p.name + ".log"), "a") as logf:
+    rc = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+  return "done" if rc == 0 else f"failed: exit {rc}"
+
+
+def _manifest(study: Study, runs: Sequence[Run], sweep_dir: str, extra: Mapping | None,
+              status: Mapping[str, str]) -> dict:
+  return {
+      "study": study.name,
+      "preset": study.preset,
+      "base": study.base,
+      "seeds": list(study.seeds),
+      "runs": [{"name": r.name, "axes": r.axes, "overrides": r.overrides,
+                "command": shell(command(study, r, sweep_dir, extra)), "status": status[r.name]}
+               for r in runs],
+      "post": [{"name": p.name, "output": p.output, "status": status.get("post:" + p.name),
+                "command": shell(_post_argv(p, None))} for p in study.post],
+  }
+
+
+def failed(manifest: dict) -> list[str]:
+  """Names of the failed runs and post steps of a manifest."""
+  return [r["name"] for r in manifest.get("runs", []) + manifest.get("post", [])
+          if str(r.get("status", "")).startswith("failed")]

@@ -1,0 +1,251 @@
+"""Typed study definitions: the grid (:class:`Study`), post steps and the report spec.
+
+A study file (``configs/studies/<name>.py``) has ``get_study(preset) -> Study``.
+A :class:`Study` names a base config and one or more *grids*; each grid is an
+ordered mapping ``axis -> {label: overrides}`` whose Cartesian product (times
+``seeds``) gives the runs (``fedjax_med/studies/grid.py``). Its :class:`ReportSpec`
+says what ``analysis/study_report.py`` tabulates and plots. Every spec is a
+frozen dataclass, so a misspelled field fails when the study file is loaded,
+and :func:`fedjax_med.studies.grid.check` then rejects axes and labels that the
+grid does not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+Overrides = Mapping[str, Any]  # dotted config key -> value
+Grid = Mapping[str, Mapping[str, Overrides]]  # axis -> label -> overrides
+AxisLabels = tuple[tuple[str, str | None], ...]  # (axis, label or None = any label)
+
+DEFAULT_METRICS = ("test.accuracy", "test.auc", "clients.worst", "target.round",
+                   "total_mb_up", "wall_time_s")
+# x of a CurveFigure -> axis title; bytes are plotted in MB.
+CURVE_X = {"round": "round", "elapsed_s": "wall time (s)", "bytes_up": "MB uploaded"}
+
+
+def _as_tuple(spec, name: str) -> None:
+  """Stores field ``name`` of a frozen spec as a tuple; a bare string is an error."""
+  value = getattr(spec, name)
+  if value is None:
+    return
+  if isinstance(value, (str, Mapping)) or not hasattr(value, "__iter__"):
+    raise TypeError(f"{type(spec).__name__}.{name} must be a sequence of names, got {value!r}")
+  object.__setattr__(spec, name, tuple(value))
+
+
+def _where(where: Mapping[str, str]) -> AxisLabels:
+  return tuple(where.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Post:
+  """A command run once after the grid: ``argv`` (a script under the repo root and its flags).
+
+  ``{sweep}`` in ``argv`` and ``output`` is the sweep directory; ``output`` is the
+  file whose existence marks the step as done. ``needs`` lists the run names it reads.
+  The report shows the landscape plots and table of a step that wrote them
+  (``analysis/landscape.py``).
+  """
+
+  name: str
+  argv: tuple[str, ...]
+  output: str
+  needs: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveFigure:
+  """Seed-mean test accuracy (95% CI band) against ``x``, one line per ``color`` label.
+
+  Attributes:
+    x: ``round``, ``elapsed_s`` or ``bytes_up`` (plotted in MB).
+    color: axis whose labels are the lines.
+    panel: axis whose labels are the panels (None: one panel).
+    where: only runs with these axis labels.
+    logx: logarithmic x axis.
+  """
+
+  kind: ClassVar[str] = "curves"
+  x: str
+  color: str
+  panel: str | None = None
+  where: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  logx: bool = False
+
+  def __post_init__(self):
+    if self.x not in CURVE_X:
+      raise ValueError(f"CurveFigure.x={self.x!r}: choose one of {list(CURVE_X)}")
+
+  def labels(self) -> AxisLabels:
+    return ((self.color, None),) + (((self.panel, None),) if self.panel else ()) + _where(
+        self.where)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MetricFigure:
+  """Seed-mean ``metrics`` (95% CI) per label of axis ``x``, one group per ``color`` label.
+
+  Attributes:
+    x: axis whose labels are the x positions.
+    color: axis whose labels are the groups (None: one group per metric).
+    metrics: one panel each.
+    where: only runs with these axis labels.
+    order: the x labels to show, in this order (None: every label, in study order).
+  """
+
+  x: str
+  color: str | None = None
+  metrics: tuple[str, ...] = ("test.accuracy",)
+  where: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  order: tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    _as_tuple(self, "metrics")
+    _as_tuple(self, "order")
+
+  def labels(self) -> AxisLabels:
+    xs = tuple((self.x, label) for label in self.order or (None,))
+    return xs + (((self.color, None),) if self.color else ()) + _where(self.where)
+
+
+@dataclasses.dataclass(frozen=True)
+class BarFigure(_MetricFigure):
+  """Grouped bars; see :class:`_MetricFigure` for the fields."""
+
+  kind: ClassVar[str] = "bars"
+
+
+@dataclasses.dataclass(frozen=True)
+class LineFigure(_MetricFigure):
+  """Lines over the (categorical) labels of ``x``; see :class:`_MetricFigure` for the fields."""
+
+  kind: ClassVar[str] = "vs_axis"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeatmapFigure:
+  """Seed-mean ``metric`` per (``rows`` label, ``cols`` label).
+
+  ``relative=True`` plots ``relative.accuracy`` (needs ``ReportSpec.relative``)
+  and leaves out the reference column.
+  """
+
+  kind: ClassVar[str] = "heatmap"
+  rows: str
+  cols: str
+  metric: str = "test.accuracy"
+  relative: bool = False
+  where: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def labels(self) -> AxisLabels:
+    return ((self.rows, None), (self.cols, None)) + _where(self.where)
+
+
+Figure = CurveFigure | BarFigure | LineFigure | HeatmapFigure
+FIGURES = (CurveFigure, BarFigure, LineFigure, HeatmapFigure)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """Targets at ``fraction`` x the mean final test accuracy of the ``reference`` runs.
+
+  ``reference`` maps axes to labels; a run is compared with the reference runs
+  that share its other (non-seed) axis labels. Fills the ``target.*`` metrics.
+  """
+
+  reference: Mapping[str, str]
+  fraction: float = 0.95
+
+  def __post_init__(self):
+    if not 0 < self.fraction <= 1:
+      raise ValueError(f"Target.fraction must be in (0, 1], got {self.fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Relative:
+  """``relative.accuracy`` / ``relative.drop`` against the same-seed run with ``axis=reference``."""
+
+  axis: str
+  reference: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """A published result to compare the table row picked by ``where`` with."""
+
+  where: Mapping[str, str]
+  accuracy: float
+  auc: float
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSpec:
+  """What the study report tabulates and plots.
+
+  Attributes:
+    table: the axes that group the table rows (empty: every non-seed axis, in study order).
+    metrics: table columns (flat metric names, ``fedjax_med/studies/results.py``).
+    target: fills ``target.*`` (rounds, time, MB to a fraction of a reference accuracy).
+    relative: adds ``relative.accuracy`` and ``relative.drop`` columns.
+    baseline: a published number to compare with.
+    figures: the plots, in order.
+  """
+
+  table: tuple[str, ...] = ()
+  metrics: tuple[str, ...] = DEFAULT_METRICS
+  target: Target | None = None
+  relative: Relative | None = None
+  baseline: Baseline | None = None
+  figures: tuple[Figure, ...] = ()
+
+  def __post_init__(self):
+    for name in ("table", "metrics", "figures"):
+      _as_tuple(self, name)
+    for i, fig in enumerate(self.figures):
+      if not isinstance(fig, FIGURES):
+        raise TypeError(f"ReportSpec.figures[{i}] is a {type(fig).__name__}; use one of "
+                        f"{[f.__name__ for f in FIGURES]}")
+      if isinstance(fig, HeatmapFigure) and fig.relative and self.relative is None:
+        raise ValueError(f"ReportSpec.figures[{i}]: HeatmapFigure(relative=True) needs "
+                         "ReportSpec(relative=Relative(...))")
+    for name, cls in (("target", Target), ("relative", Relative), ("baseline", Baseline)):
+      value = getattr(self, name)
+      if value is not None and not isinstance(value, cls):
+        raise TypeError(f"ReportSpec.{name} must be a {cls.__name__}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A grid of runs and how to report it.
+
+  Attributes:
+    name: the study's name (report ``docs/results/<name>.md``).
+    preset: the preset it was built for (``cpu``, ``full``).
+    base: config spec for ``launch/main.py``, e.g. ``configs/quickstart.py``.
+    grids: each an ordered ``axis -> {label: overrides}``; the study is their union.
+    seeds: every grid point runs once per seed (the ``seed`` axis).
+    fixed: overrides for every run (an axis label's overrides beat them).
+    post: commands run after the grid.
+    report: what the report shows.
+    description: the study docstring (the report's "What was run").
+  """
+
+  name: str
+  preset: str
+  base: str
+  grids: tuple[Grid, ...]
+  seeds: tuple[int, ...] = (0, 1, 2)
+  fixed: Overrides = dataclasses.field(default_factory=dict)
+  post: tuple[Post, ...] = ()
+  report: ReportSpec = dataclasses.field(default_factory=ReportSpec)
+  description: str = ""
+
+  def __post_init__(self):
+    for name in ("grids", "seeds", "post"):
+      _as_tuple(self, name)
+    if not isinstance(self.report, ReportSpec):
+      raise TypeError(f"Study.report must be a ReportSpec, got {type(self.report).__name__}")

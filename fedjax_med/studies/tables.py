@@ -1,0 +1,112 @@
+"""Tables of a study: runs grouped by axes, mean ± 95% CI per metric, as Markdown and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fedjax_med.studies.results import RunResult
+from fedjax_med.studies.stats import mean_ci
+
+# Column and axis titles of the metrics.
+LABELS = {
+    "test.accuracy": "test acc",
+    "test.auc": "test AUC",
+    "test.loss": "test loss",
+    "clients.worst": "worst-client acc",
+    "clients.mean": "mean client acc",
+    "target.round": "rounds to target",
+    "target.elapsed_s": "time to target (s)",
+    "target.mb_up": "MB up to target",
+    "target.bytes_up": "bytes up to target",
+    "total_mb_up": "MB up (total)",
+    "total_bytes_up": "bytes up (total)",
+    "wall_time_s": "wall time (s)",
+    "rounds_completed": "rounds",
+    "rounds_to_target": "rounds to comm.target_accuracy",
+    "bytes_up_to_target": "bytes up to comm.target_accuracy",
+    "analysis.loss": "train loss",
+    "analysis.lambda_max": "λmax",
+    "analysis.trace": "Hessian trace",
+    "analysis.eps_sharpness": "ε-sharpness (%)",
+    "gap.loss": "gen. gap (loss)",
+    "relative.accuracy": "acc / centralized acc",
+    "relative.drop": "acc drop vs centralized",
+}
+
+
+def aggregate(results: Sequence[RunResult], by: Sequence[str], metrics: Sequence[str],
+              order: Mapping[str, Sequence[str]] | None = None) -> list[dict]:
+  """Groups runs by the labels of the axes ``by`` (in ``order``) and summarizes ``metrics``.
+
+  Returns:
+    Rows ``{axis: label, ..., "n_runs", "n_complete", metric: (mean, ci, n)}``
+    over the complete runs of each group, plus ``target.reached`` (a count)
+    where targets were computed.
+  """
+  groups: dict[tuple, list[RunResult]] = {}
+  for r in results:
+    groups.setdefault(tuple(r.axes[a] for a in by), []).append(r)
+  order = order or {}
+
+  def sort_key(key):
+    return tuple(order[a].index(v) if a in order and v in order[a] else 0
+                 for a, v in zip(by, key, strict=True))
+
+  rows = []
+  for key in sorted(groups, key=sort_key):
+    runs = groups[key]
+    done = [r for r in runs if r.complete]
+    row = dict(zip(by, key, strict=True))
+    row["n_runs"], row["n_complete"] = len(runs), len(done)
+    for m in metrics:
+      row[m] = mean_ci([r.metrics.get(m) for r in done])
+    if any("target.reached" in r.metrics for r in done):
+      row["target.reached"] = sum(r.metrics.get("target.reached", 0) for r in done)
+    rows.append(row)
+  return rows
+
+
+# Decimals per metric in tables (default 3).
+DIGITS = {"target.round": 1, "target.elapsed_s": 1, "target.mb_up": 1, "total_mb_up": 1,
+          "wall_time_s": 0, "rounds_completed": 0, "rounds_to_target": 1,
+          "bytes_up_to_target": 0, "analysis.loss": 3, "analysis.lambda_max": 2,
+          "analysis.trace": 1, "analysis.eps_sharpness": 2}
+
+
+def fmt(value: tuple[float, float, int], digits: int = 3) -> str:
+  """``mean ± ci`` (``mean`` alone for one run, ``–`` for none)."""
+  mean, ci, n = value
+  if n == 0 or not np.isfinite(mean):
+    return "–"
+  f = lambda x: f"{x:.{digits}f}"  # noqa: E731
+  return f(mean) if not np.isfinite(ci) else f"{f(mean)} ± {f(ci)}"
+
+
+def to_markdown(rows: Sequence[dict], by: Sequence[str], metrics: Sequence[str]) -> str:
+  """A Markdown table of :func:`aggregate` rows: axes, ``mean ± ci`` per metric, reached, n."""
+  reached = any("target.reached" in r for r in rows)
+  head = list(by) + [LABELS.get(m, m) for m in metrics] + (["reached"] if reached else []) + ["n"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(by) + "---:|" * (len(head) - len(by))]
+  for r in rows:
+    cells = [str(r[a]) for a in by] + [fmt(r[m], DIGITS.get(m, 3)) for m in metrics]
+    if reached:
+      cells.append(f"{int(r.get('target.reached', 0))}/{r['n_complete']}")
+    cells.append(f"{r['n_complete']}" + (f"/{r['n_runs']}" if r["n_complete"] < r["n_runs"] else ""))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def to_csv(rows: Sequence[dict], by: Sequence[str], metrics: Sequence[str]) -> str:
+  """:func:`aggregate` rows as CSV: ``<metric>.mean``, ``.ci95``, ``.n`` columns."""
+  out = io.StringIO()
+  w = csv.writer(out)
+  w.writerow(list(by) + [f"{m}.{s}" for m in metrics for s in ("mean", "ci95", "n")] +
+             ["n_complete", "n_runs"])
+  for r in rows:
+    w.writerow([r[a] for a in by] + [x for m in metrics for x in r[m]] +
+               [r["n_complete"], r["n_runs"]])
+  return out.getvalue()
