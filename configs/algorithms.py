@@ -19,12 +19,12 @@ PRESETS = {
     "fedadam": {"fl.server_lr": 0.01},
     "fedyogi": {"fl.server_lr": 0.01},
     "fedadagrad": {"fl.server_lr": 0.05},
-    "fedprox": {"algorithm.mu": 0.01},
+    "fedprox": {"algorithm.fedprox.mu": 0.01},
     "scaffold": {},
-    "feddyn": {"algorithm.feddyn_alpha": 0.01},
+    "feddyn": {"algorithm.feddyn.alpha": 0.01},
     "fedbn": {"model.name": "resnet8_bn"},
-    "fedsam": {"algorithm.rho": 0.05},
-    "fedasam": {"algorithm.rho": 0.5},
+    "fedsam": {"algorithm.fedsam.rho": 0.05},
+    "fedasam": {"algorithm.fedasam.rho": 0.5},
 }
 
 

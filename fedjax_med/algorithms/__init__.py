@@ -11,8 +11,7 @@ between releases.
 """
 
 # Internals: importable (``algorithms.base``...) for research code, not in ``__all__``.
-from fedjax_med.algorithms import aggregate, base, client_store, local  # noqa: F401
-from fedjax_med.algorithms import aggregators, registry
+from fedjax_med.algorithms import aggregate, aggregators, base, client_store, local, registry  # noqa: F401
 from fedjax_med.algorithms.aggregators import Aggregator
 from fedjax_med.algorithms.base import RoundPlan
 from fedjax_med.algorithms.centralized import centralized

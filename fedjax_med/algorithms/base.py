@@ -110,6 +110,16 @@ def init_state(
   )
 
 
+def zeros_init(
+  server_optimizer: optax.GradientTransformation, plan: RoundPlan
+) -> Callable[[types.Params, types.PRNGKey], types.ServerState]:
+  """``init`` for algorithms whose server extras and client rows start as zeros like the params
+  (SCAFFOLD's ``c`` / ``c_i``, FedDyn's ``h`` / ``g_i``)."""
+  zeros = lambda params: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+  return lambda params, rng: init_state(params, server_optimizer, rng, plan, server=zeros,
+                                        client_row=zeros)
+
+
 def round_keys(state: types.ServerState, num_clients: int) -> types.Array:
   """[C] client keys: ``split(fold_in(state.rng, state.round), C)``."""
   return jax.random.split(jax.random.fold_in(state.rng, state.round), num_clients)

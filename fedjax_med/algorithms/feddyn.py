@@ -14,7 +14,6 @@ uniform mean when the weights are equal).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from fedjax_med import types
@@ -37,10 +36,6 @@ def feddyn(
   base.check_plan(plan, "feddyn", stateful=True)
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
   num_clients = plan.num_clients
-  zeros = lambda params: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-
-  def init_fn(params, rng) -> types.ServerState:
-    return base.init_state(params, server_optimizer, rng, plan, server=zeros, client_row=zeros)
 
   def client_fn(state, data, g_i, key):
     w_server = state.params
@@ -64,4 +59,4 @@ def feddyn(
     return jax.tree.map(lambda d, hh: d + hh / alpha, agg.pseudo_grad, h), h
 
   round_fn = base.federated_round(client_fn, server_optimizer, plan, server_fn)
-  return types.FederatedAlgorithm(init_fn, round_fn)
+  return types.FederatedAlgorithm(base.zeros_init(server_optimizer, plan), round_fn)

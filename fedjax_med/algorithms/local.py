@@ -87,16 +87,8 @@ def run_steps(
   return params, opt_state, losses, has_data
 
 
-def local_train(
-  loss_fn: types.LossFn,
-  optimizer: optax.GradientTransformation,
-  params: types.Params,
-  data: dict,
-  rng: types.PRNGKey,
-  *,
-  unroll: int | bool = 1,
-  grad_fn: GradFn | None = None,
-) -> LocalResult:
+def local_train(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
+                params: types.Params, data: dict, rng: types.PRNGKey, **scan_options) -> LocalResult:
   """Runs ``S`` steps of ``optimizer`` from ``params`` on one client's data.
 
   The optimizer state starts fresh. Step ``s`` uses ``data[k][s]``; a step
@@ -108,22 +100,15 @@ def local_train(
     params: starting parameters.
     data: dict with ``image`` [S, B, ...], ``label`` [S, B], ``mask`` [S, B].
     rng: this client's key; step ``s`` gets ``split(rng, S)[s]``.
-    unroll: ``lax.scan`` unroll factor (``True`` = fully unrolled).
-    grad_fn: optional gradient override (see ``run_steps``).
+    **scan_options: ``unroll`` (``lax.scan`` unroll factor, ``True`` = fully
+      unrolled) and ``grad_fn`` (gradient override), as ``run_steps``.
 
   Returns:
     A :class:`LocalResult`.
   """
   keys = jax.random.split(rng, data["mask"].shape[0])
   params, _, losses, has_data = run_steps(
-    loss_fn,
-    optimizer,
-    params,
-    optimizer.init(params),
-    data,
-    keys,
-    unroll=unroll,
-    grad_fn=grad_fn,
+    loss_fn, optimizer, params, optimizer.init(params), data, keys, **scan_options
   )
   return LocalResult(params, losses, jnp.sum(has_data.astype(jnp.int32)))
 

@@ -108,7 +108,7 @@ ENTRIES: Mapping[str, Entry] = MappingProxyType({
                      server_opt_fixed=True),
     "fedadagrad": Entry(fedavg, "FedAdagrad (Reddi et al. 2021)",
                         server=ServerDefaults("adagrad", 0.05), server_opt_fixed=True),
-    "fedprox": Entry(fedprox, "FedProx: proximal term mu/2 ||w - w_server||^2 (Li et al. 2020)",
+    "fedprox": Entry(fedprox, "FedProx: proximal term (mu/2) squared distance to the server model (Li et al. 2020)",
                      hparams=_params(mu=HParam(0.01, "proximal strength"))),
     "fedsam": Entry(fedsam, "FedSAM: sharpness-aware local steps (Qu et al. 2022)",
                     hparams=_params(rho=HParam(0.05, _SAM_RHO))),

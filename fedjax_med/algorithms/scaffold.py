@@ -39,10 +39,6 @@ def scaffold(
   base.check_plan(plan, "scaffold", stateful=True)
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
   num_clients = plan.num_clients
-  zeros = lambda params: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-
-  def init_fn(params, rng) -> types.ServerState:
-    return base.init_state(params, server_optimizer, rng, plan, server=zeros, client_row=zeros)
 
   def client_fn(state, data, c_i, key):
     x, c = state.params, state.server
@@ -64,4 +60,4 @@ def scaffold(
     return agg.pseudo_grad, control
 
   round_fn = base.federated_round(client_fn, server_optimizer, plan, server_fn)
-  return types.FederatedAlgorithm(init_fn, round_fn)
+  return types.FederatedAlgorithm(base.zeros_init(server_optimizer, plan), round_fn)

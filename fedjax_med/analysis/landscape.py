@@ -99,13 +99,9 @@ def interpolate(params_a: types.Params, params_b: types.Params, t) -> types.Para
   return jax.tree.map(lambda a, b: (1.0 - t) * a + t * b, params_a, params_b)
 
 
-def interpolation_losses(
-    loss_fn: hvp_lib.ScalarLossFn,
-    params_a: types.Params,
-    params_b: types.Params,
-    ts: jax.Array,
-    points_per_batch: int = 1,
-) -> jax.Array:
+def interpolation_losses(loss_fn: hvp_lib.ScalarLossFn, params_a: types.Params,
+                         params_b: types.Params, ts: jax.Array, *,
+                         points_per_batch: int = 1) -> jax.Array:
   """``[len(ts)]`` losses along the line through two models (``t`` outside [0, 1] extrapolates)."""
   return jax.lax.map(
       lambda t: loss_fn(interpolate(params_a, params_b, t)), ts, batch_size=points_per_batch

@@ -94,7 +94,7 @@ def make_sharpness_fn(model: nn.Module, options: SharpnessOptions = SharpnessOpt
   if o.density_order:
 
     def density(f, p, k, *_):
-      quad = trace.slq(f, p, k, o.density_order, o.density_runs)
+      quad = trace.slq(f, p, k, order=o.density_order, num_runs=o.density_runs)
       return trace.density(quad, o.density_grid)
 
     metrics["density"] = _metric(model, bs, density)
@@ -254,7 +254,7 @@ def landscape_report(
     @jax.jit
     def interpolate(a, b, images, labels):
       loss = _variables_loss(model, images, labels, batch_size)
-      return landscape.interpolation_losses(loss, a, b, ts, ppb)
+      return landscape.interpolation_losses(loss, a, b, ts, points_per_batch=ppb)
 
     t = time.perf_counter()
     losses = jax.device_get(interpolate(variables, other, images, labels))

@@ -69,13 +69,8 @@ class Quadrature(NamedTuple):
   weights: jax.Array  # [runs, m] squared first eigenvector components; rows sum to 1
 
 
-def slq(
-    loss_fn: hvp_lib.ScalarLossFn,
-    params: types.Params,
-    key: types.PRNGKey,
-    order: int = 30,
-    num_runs: int = 3,
-) -> Quadrature:
+def slq(loss_fn: hvp_lib.ScalarLossFn, params: types.Params, key: types.PRNGKey, *,
+        order: int = 30, num_runs: int = 3) -> Quadrature:
   """Stochastic Lanczos quadrature nodes and weights (``num_runs`` runs under ``lax.map``).
 
   ``n * sum(weights * nodes)`` per run is a (Gaussian-probe) trace estimate;

@@ -71,8 +71,8 @@ class Norm(nn.Module):
     raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs; output channels ``features``."""
+class _Block(nn.Module):
+  """Fields and layer factories shared by the residual blocks."""
 
   features: int
   strides: int = 1
@@ -80,10 +80,18 @@ class BasicBlock(nn.Module):
   conv_impl: str = "auto"
   num_groups: int = 8
 
+  def layer_factories(self):
+    """``(conv, norm)`` partials: bias-free convs in the block's lowering, its norm kind."""
+    return (functools.partial(layers.Conv, use_bias=False, impl=self.conv_impl),
+            functools.partial(Norm, self.norm, self.num_groups))
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs; output channels ``features``."""
+
   @nn.compact
   def __call__(self, x, train: bool, mask):
-    conv = functools.partial(layers.Conv, use_bias=False, impl=self.conv_impl)
-    norm = functools.partial(Norm, self.norm, self.num_groups)
+    conv, norm = self.layer_factories()
     y = conv(self.features, (3, 3), self.strides)(x)
     y = nn.relu(norm()(y, train, mask))
     y = conv(self.features, (3, 3))(y)
@@ -94,19 +102,12 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 -> 3x3 (strided) -> 1x1 convs; output channels ``4 * features``."""
-
-  features: int
-  strides: int = 1
-  norm: str = "group"
-  conv_impl: str = "auto"
-  num_groups: int = 8
 
   @nn.compact
   def __call__(self, x, train: bool, mask):
-    conv = functools.partial(layers.Conv, use_bias=False, impl=self.conv_impl)
-    norm = functools.partial(Norm, self.norm, self.num_groups)
+    conv, norm = self.layer_factories()
     y = nn.relu(norm()(conv(self.features, (1, 1))(x), train, mask))
     y = nn.relu(norm()(conv(self.features, (3, 3), self.strides)(y), train, mask))
     y = norm(zero_init=True)(conv(4 * self.features, (1, 1))(y), train, mask)
