@@ -1,0 +1,1 @@
+"""Benchmarks of fedjax_med (scripts; ``harness`` is their shared timing machinery)."""
