@@ -79,15 +79,17 @@ def main(argv=None) -> dict:
     fn, compile_s[name] = harness.compile_ahead(alg.round, state, batch)
     runs[name] = lambda fn=fn, state=state: fn(state, batch)
   timings = harness.interleave(runs, args.repeats)
+  env = harness.environment()
   harness.log(f"model={args.model} K={args.k} S={args.steps} B={args.batch} "
-              f"chunk={workload.chunk_name(chunk)} repeats={args.repeats}\n"
+              f"chunk={workload.chunk_name(chunk)} repeats={args.repeats}; "
+              f"{harness.describe_environment(env)}\n"
               + harness.ratio_table(timings, "fedavg", compile_s, "algorithm"))
   result = {f"{n}_vs_fedavg": round(timings.ratio(n, "fedavg"), 3) for n in runs}
   result.update(model=args.model, k=args.k, steps=args.steps, batch=args.batch,
                 chunk=workload.chunk_name(chunk), repeats=args.repeats,
                 seconds={n: round(timings.median(n), 4) for n in runs},
                 compile_s={n: round(s, 2) for n, s in compile_s.items()},
-                **harness.environment())
+                **env)
   return harness.emit_json(result)
 
 

@@ -208,6 +208,12 @@ def environment() -> dict[str, Any]:
   }
 
 
+def describe_environment(env: Mapping[str, Any]) -> str:
+  """``"jax 0.10.2, cpu, 1 x cpu"``: the :func:`environment` facts for a header line."""
+  return (f"jax {env['jax_version']}, {env['backend']}, "
+          f"{env['device_count']} x {env['device_kind']}")
+
+
 def fmt(value: float | None, spec: str = ".3f", none: str = "-") -> str:
   """``format(value, spec)``, or ``none`` for a missing value."""
   return none if value is None else format(value, spec)

@@ -35,47 +35,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench import cohort, first_round, harness, memory, workload  # noqa: E402
-from bench.workload import Setup  # noqa: E402,F401  (tests and zoo build it from here)
+from bench import chunks, cohort, first_round, harness, memory, workload  # noqa: E402
+from bench.workload import Setup  # noqa: E402
 from fedjax_med import models  # noqa: E402
 
-large_cohort = cohort.large_cohort
 _HEADERS = ("model", "K", "chunk", "one_jit s", "loop s", "central s", "vs_loop", "vs_central",
             "thr/central", "one_jit smp/s", "central smp/s", "compile s")
-
-
-def tune_chunk(setup: Setup, k: int, steps: int, batch: int, candidates, repeats: int):
-  """The warm round at K=k per chunk candidate (interleaved; best of ``repeats``).
-
-  A candidate >= k runs all clients at once here but keeps its value, so a
-  larger K later still runs in chunks of that size.
-
-  Returns:
-    ``(rows, best row, compiled round of the best)``.
-  """
-  dev = jax.device_put(workload.make_round_batch(k, steps, batch))
-  state = setup.state()
-  compiled, rows = {}, {}
-  for chunk in candidates:
-    name = _run_chunk(chunk, k)
-    if name in rows:
-      continue
-    try:
-      compiled[name], compile_s = setup.compile_round(chunk, state, dev)
-    except Exception as e:  # e.g. out of memory on an accelerator
-      harness.log(f"  chunk {workload.chunk_name(chunk)}: no compile: {harness.short_error(e)}")
-      continue
-    rows[name] = {"chunk": chunk, "compile_s": compile_s}
-  t = harness.interleave({n: lambda f=f: f(state, dev) for n, f in compiled.items()}, repeats,
-                         warmup=False, optional=compiled)
-  rows = [dict(row, round_s=t.best(n)) for n, row in rows.items() if t.best(n) is not None]
-  best = min(rows, key=lambda row: row["round_s"])
-  return rows, best, compiled[_run_chunk(best["chunk"], k)]
-
-
-def _run_chunk(chunk: int | None, k: int) -> str:
-  """The chunk a round of K clients runs with: ``"all"`` when it holds every client."""
-  return workload.chunk_name(None if chunk is None or chunk >= k else chunk)
 
 
 def measure(setup: Setup, k: int, steps: int, batch: int, chunk, repeats: int,
@@ -87,7 +52,7 @@ def measure(setup: Setup, k: int, steps: int, batch: int, chunk, repeats: int,
   if compiled_round is None:
     compiled_round, round_compile_s = setup.compile_round(chunk, state, dev)
   loop_run, n_loop = setup.make_loop(state, host, loop_max_clients)
-  res = {"k": k, "chunk": _run_chunk(chunk, k),
+  res = {"k": k, "chunk": workload.run_chunk(chunk, k),
          "samples": k * steps * batch, "compile_s": round_compile_s,
          "loop_clients_timed": n_loop, "loop_extrapolated": n_loop < k}
   runs = {"one_jit": lambda: compiled_round(state, dev), "loop": loop_run}
@@ -182,14 +147,11 @@ def _model_results(args, model: str, t_total: float) -> tuple[dict, dict, list, 
   setup, pre, tuning = Setup(model, args.conv_impl, args.unroll), {}, []
   chunk = _chunk_arg(args.chunk) if args.chunk != "auto" else None
   if args.chunk == "auto":
-    rows, best, compiled = tune_chunk(setup, args.tune_k, args.local_steps, args.batch_size,
-                                      args.chunk_candidates, repeats=2)
+    rows, best, compiled = chunks.tune(setup, args.tune_k, args.local_steps, args.batch_size,
+                                       args.chunk_candidates, repeats=2)
     chunk, pre[args.tune_k] = best["chunk"], (compiled, best["compile_s"])
     tuning = [dict(r, chunk=workload.chunk_name(r["chunk"])) for r in rows]
-    harness.log(f"\n[{model}] chunk tuning at K={args.tune_k} (warm round s, best of 2):\n"
-                + harness.table(("chunk", "round s", "compile s"), [
-                  (r["chunk"], harness.fmt(r["round_s"]), harness.fmt(r["compile_s"], ".1f"))
-                  for r in tuning]) + f"\n  best: chunk {workload.chunk_name(chunk)}")
+    harness.log(f"\n[{model}] " + chunks.describe(tuning, args.tune_k, chunk))
   results = {}
   for k in [k for k in args.ks if not (model.startswith("resnet") and args.resnet_max_k
                                        and k > args.resnet_max_k)]:
@@ -219,11 +181,13 @@ def main(argv=None) -> dict:
   t_total, env = time.perf_counter(), harness.environment()
   out = {**env, "local_steps": args.local_steps, "batch_size": args.batch_size,
          "repeats": args.repeats, "conv_impl": models.layers.resolve_impl(args.conv_impl)}
-  harness.log(f"{env}, conv/pool {out['conv_impl']}; models {args.models}, K {args.ks} (resnet* "
-              f"K <= {args.resnet_max_k or 'any'}), S={args.local_steps}, B={args.batch_size}")
-  results, mem, tuning, chunks = {}, {}, {}, {}
+  harness.log(f"{harness.describe_environment(env)}, conv/pool {out['conv_impl']}; models "
+              f"{args.models}, K {args.ks} (resnet* K <= {args.resnet_max_k or 'any'}), "
+              f"S={args.local_steps}, B={args.batch_size}")
+  results, mem, tuning, chunk_of = {}, {}, {}, {}
   for model in args.models:
-    results[model], mem[model], tuning[model], chunks[model] = _model_results(args, model, t_total)
+    results[model], mem[model], tuning[model], chunk_of[model] = _model_results(args, model,
+                                                                              t_total)
   harness.log(f"\nRound time, warm, median of {args.repeats} interleaved repeats\n" + harness.table(
     _HEADERS, [_row(m, k, r) if "error" not in r else (m, k, r["error"]) + ("",) * 9
                for m, by_k in results.items() for k, r in by_k.items()]))
@@ -234,7 +198,7 @@ def main(argv=None) -> dict:
                 + "\n".join(memory.describe(m, v) for m, v in mem.items()))
   head = args.models[0]  # headline numbers: the first model (the small CNN by default)
   if args.large:
-    out["large"] = cohort.large_cohort(Setup(head, args.conv_impl, args.unroll), chunks[head],
+    out["large"] = cohort.large_cohort(Setup(head, args.conv_impl, args.unroll), chunk_of[head],
                                        args.repeats)
     harness.log("\n" + cohort.describe(out["large"]))
   qs = {"skipped": "--skip-quickstart"} if args.skip_quickstart else first_round.first_round()
@@ -244,7 +208,7 @@ def main(argv=None) -> dict:
              peak_mem_ratio=hmem.get("temp_ratio"),
              peak_mem_argument_ratio=hmem.get("argument_ratio"), peak_mem_ks=hmem.get("ks"),
              time_to_first_round_s=qs.get("time_to_first_round_s"), quickstart=qs,
-             chunk={m: workload.chunk_name(c) for m, c in chunks.items()}, chunk_tuning=tuning,
+             chunk={m: workload.chunk_name(c) for m, c in chunk_of.items()}, chunk_tuning=tuning,
              tune_k=args.tune_k if args.chunk == "auto" else None,
              loop_max_clients=args.loop_max_clients)
   for model, by_k in results.items():

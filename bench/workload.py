@@ -60,6 +60,11 @@ def chunk_name(chunk: int | None) -> str:
   return "all" if chunk is None else str(chunk)
 
 
+def run_chunk(chunk: int | None, k: int) -> str:
+  """The chunk a round of K clients runs with: ``"all"`` when it holds every client."""
+  return chunk_name(None if chunk is None or chunk >= k else chunk)
+
+
 class Setup:
   """Model, loss, initial params and optimizers shared by every variant."""
 

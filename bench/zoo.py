@@ -7,9 +7,9 @@ For each model at 28 px (1 channel, 2 classes): trainable parameters,
 FLOPs per example (XLA's count of one eval forward pass), and the one-jit
 FedAvg round measured side by side with the per-client loop of jitted local
 updates and with centralized steps on the same samples (``round_speed.measure``:
-interleaved repeats, medians of per-repeat ratios, ``bench/harness.py``). Small K, S and B by default
-so that the large models (ViT-S, ConvNeXt, ResNet-18/50) fit a CPU run. Prints a
-markdown table and, last, one JSON line.
+interleaved repeats, medians of per-repeat ratios, ``bench/harness.py``). Small
+K, S and B by default so that the large models (ViT-S, ConvNeXt, ResNet-18/50)
+fit a CPU run. Prints a markdown table and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def main(argv=None) -> dict:
       names, workload.IMAGE_SHAPE[0], workload.IMAGE_SHAPE[2], workload.NUM_CLASSES, "native")}
   rows = []
   harness.log(f"K={args.k} S={args.steps} B={args.batch} chunk={args.chunk} "
-              f"repeats={args.repeats} {harness.environment()}")
-  harness.log("| model | params | MFLOPs/example | one-jit round s | vs_loop | vs_central | compile s |")
+              f"repeats={args.repeats}; {harness.describe_environment(harness.environment())}")
+  harness.log("| model | params | MFLOPs/example | one-jit round s | vs_loop | vs_central "
+              "| compile s |")
   harness.log("|---|---:|---:|---:|---:|---:|---:|")
   for name in names:
     t = time.perf_counter()
@@ -54,11 +55,11 @@ def main(argv=None) -> dict:
     r = round_speed.measure(setup, args.k, args.steps, args.batch, chunk, args.repeats,
                             loop_max_clients=args.k)
     params, flops = table[name]
-    rows.append({"model": name, "params": params, "mflops": flops / 1e6, **{
-        k: r[k] for k in ("one_jit_s", "loop_s", "central_s", "vs_loop", "vs_central", "compile_s")}})
+    keys = ("one_jit_s", "loop_s", "central_s", "vs_loop", "vs_central", "compile_s")
+    rows.append({"model": name, "params": params, "mflops": flops / 1e6, **{k: r[k] for k in keys}})
     harness.log(f"| {name} | {params:,} | {flops / 1e6:,.1f} | {r['one_jit_s']:.3f} | "
-          f"{r['vs_loop']:.2f} | {r['vs_central']:.2f} | {r['compile_s']:.1f} |  "
-          f"<!-- {time.perf_counter() - t:.0f} s -->")
+                f"{r['vs_loop']:.2f} | {r['vs_central']:.2f} | {r['compile_s']:.1f} |  "
+                f"<!-- {time.perf_counter() - t:.0f} s -->")
   return harness.emit_json({"k": args.k, "steps": args.steps, "batch": args.batch,
                             "chunk": args.chunk, "repeats": args.repeats, "models": rows,
                             **harness.environment()})
