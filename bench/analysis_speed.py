@@ -9,20 +9,17 @@ SGD steps of batch 32 in one jitted ``lax.scan``), one eval-mode loss pass,
 ``lambda_max`` by Lanczos (``--lanczos-iters`` HVPs) and the Hutchinson trace
 (``--probes`` HVPs), each loss over all N examples in batches of
 ``--eval-batch`` (``analysis.objective``). Everything is compiled before
-timing (compile seconds are reported apart); the repeats interleave the
-workloads and each ratio is the median over repeats of (metric time / that
-repeat's epoch time). The goal is lambda_max <= 10 epochs. Prints a table and,
-last, one JSON line.
+timing (compile seconds are reported apart) and called once to warm up; the
+repeats interleave the workloads (``bench/harness.py``) and each ratio is the
+median over repeats of (metric time / that repeat's epoch time). The goal is
+lambda_max <= 10 epochs. Prints a table and, last, one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,6 +27,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from bench import harness  # noqa: E402
 from fedjax_med import models, tasks  # noqa: E402
 from fedjax_med.analysis import lanczos, objective, trace  # noqa: E402
 
@@ -127,45 +125,36 @@ def main(argv=None) -> dict:
                                 args.probes, args.probe_batch, not args.no_remat).items():
     work[name] = (fn, (params, state, images, labels, key))
 
-  compiled, compile_s, outputs = {}, {}, {}
+  runs, compile_s = {}, {}
   for name, (fn, fn_args) in work.items():
-    t = time.perf_counter()
-    compiled[name] = fn.lower(*fn_args).compile()
-    compile_s[name] = time.perf_counter() - t
-    outputs[name] = jax.device_get(compiled[name](*fn_args))  # warm
+    compiled, compile_s[name] = harness.compile_ahead(fn, *fn_args)
+    runs[name] = lambda compiled=compiled, fn_args=fn_args: compiled(*fn_args)
+  timings = harness.interleave(runs, args.repeats)
+  ratio = {k: timings.ratio(k, "epoch") for k in runs}
+  seconds = {k: timings.median(k) for k in runs}
+  outputs = timings.outputs
 
-  names = list(work)
-  times = {k: [] for k in names}
-  for r in range(args.repeats):
-    for name in names[r % len(names):] + names[: r % len(names)]:
-      t = time.perf_counter()
-      jax.block_until_ready(compiled[name](*work[name][1]))
-      times[name].append(time.perf_counter() - t)
-  ratio = {k: statistics.median(a / b for a, b in zip(times[k], times["epoch"], strict=True))
-           for k in names}
-
+  env = harness.environment()
   num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-  print(f"model={args.model} {args.size}px params={num_params} examples={n} "
-        f"(epoch: {steps} steps of {args.train_batch}; eval batch {args.eval_batch}) "
-        f"lanczos={args.lanczos_iters} probes={args.probes} remat={not args.no_remat} "
-        f"backend={jax.default_backend()} repeats={args.repeats}")
-  print(f"{'workload':<14} {'median s':>9} {'vs epoch':>9} {'compile s':>10}")
-  for k in names:
-    print(f"{k:<14} {statistics.median(times[k]):>9.3f} {ratio[k]:>9.2f} {compile_s[k]:>10.1f}")
-  per_hvp = statistics.median(times["lambda_max"]) / max(args.lanczos_iters, 1)
+  harness.log(f"model={args.model} {args.size}px params={num_params} examples={n} "
+              f"(epoch: {steps} steps of {args.train_batch}; eval batch {args.eval_batch}) "
+              f"lanczos={args.lanczos_iters} probes={args.probes} remat={not args.no_remat} "
+              f"repeats={args.repeats}; {harness.describe_environment(env)}\n"
+              + harness.ratio_table(timings, "epoch", compile_s))
+  per_hvp = seconds["lambda_max"] / max(args.lanczos_iters, 1)
   result = {
       "lambda_max_vs_epoch": round(ratio["lambda_max"], 3),
       "trace_vs_epoch": round(ratio["trace"], 3),
       "eval_loss_vs_epoch": round(ratio["eval_loss"], 3),
-      "hvp_vs_epoch": round(per_hvp / statistics.median(times["epoch"]), 3),
+      "hvp_vs_epoch": round(per_hvp / seconds["epoch"], 3),
       "lambda_max": float(outputs["lambda_max"]),
       "meets_goal": ratio["lambda_max"] <= GOAL_LAMBDA_MAX_VS_EPOCH,
       "goal_lambda_max_vs_epoch": GOAL_LAMBDA_MAX_VS_EPOCH,
-      "seconds": {k: round(statistics.median(v), 4) for k, v in times.items()},
+      "seconds": {k: round(v, 4) for k, v in seconds.items()},
       "compile_s": {k: round(v, 2) for k, v in compile_s.items()},
       "model": args.model, "examples": n, "lanczos_iters": args.lanczos_iters,
       "probes": args.probes, "num_params": num_params, "remat": not args.no_remat,
-      "backend": jax.default_backend(),
+      **env,
   }
   if "lambda_max_tol" in ratio:
     value, steps_taken = outputs["lambda_max_tol"]
@@ -173,8 +162,7 @@ def main(argv=None) -> dict:
                   lanczos_tol=args.lanczos_tol, lanczos_tol_steps=int(steps_taken),
                   lambda_max_tol=float(value),
                   meets_goal_with_tol=ratio["lambda_max_tol"] <= GOAL_LAMBDA_MAX_VS_EPOCH)
-  print(json.dumps(result))
-  return result
+  return harness.emit_json(result)
 
 
 if __name__ == "__main__":

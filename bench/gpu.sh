@@ -4,7 +4,7 @@
 #   bash bench/gpu.sh                 # from the repository root
 #
 # Installs nothing (the machine has no network). It needs only jax (CUDA), flax,
-# optax and numpy; it first checks that the modules the bench imports pull in
+# optax and numpy; it first checks that bench/round_speed.py and what it imports pull in
 # neither clu nor ml_collections (absent there), so the quickstart timing is skipped.
 # Output: the table and the JSON line on stdout; copies in $OUT when set.
 set -euo pipefail
@@ -18,8 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" - <<'EOF'
 import sys
 import jax, flax, optax, numpy
-import fedjax_med.algorithms, fedjax_med.models, fedjax_med.tasks, fedjax_med.batching
-import fedjax_med.partition, fedjax_med.data.synthetic
+import bench.round_speed  # the bench and every fedjax_med module it uses
 bad = [m for m in ("clu", "ml_collections") if m in sys.modules]
 print(f"jax {jax.__version__} ({jax.default_backend()}, {jax.devices()}), flax {flax.__version__}, "
       f"optax {optax.__version__}, numpy {numpy.__version__}")

@@ -6,26 +6,22 @@
 For each model at 28 px (1 channel, 2 classes): trainable parameters,
 FLOPs per example (XLA's count of one eval forward pass), and the one-jit
 FedAvg round measured side by side with the per-client loop of jitted local
-updates and with centralized steps on the same samples (``round_speed.measure``,
-interleaved repeats, medians of per-repeat ratios). Small K, S and B by default
-so that the large models (ViT-S, ConvNeXt, ResNet-18/50) fit a CPU run. Prints a
-markdown table and, last, one JSON line.
+updates and with centralized steps on the same samples (``round_speed.measure``:
+interleaved repeats, medians of per-repeat ratios, ``bench/harness.py``). Small
+K, S and B by default so that the large models (ViT-S, ConvNeXt, ResNet-18/50)
+fit a CPU run. Prints a markdown table and, last, one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-_BENCH = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(_BENCH), _BENCH]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import round_speed  # noqa: E402
-
+from bench import harness, round_speed, workload  # noqa: E402
 from fedjax_med.models import __main__ as zoo_table  # noqa: E402
 
 DEFAULT_MODELS = (
@@ -46,28 +42,27 @@ def main(argv=None) -> dict:
   chunk = None if args.chunk == "all" else int(args.chunk)
   names = args.models.split(",")
   table = {n: (params, flops) for n, _, params, flops in zoo_table.zoo_rows(
-      names, round_speed.IMAGE_SHAPE[0], round_speed.IMAGE_SHAPE[2], round_speed.NUM_CLASSES,
-      "native")}
+      names, workload.IMAGE_SHAPE[0], workload.IMAGE_SHAPE[2], workload.NUM_CLASSES, "native")}
   rows = []
-  print(f"K={args.k} S={args.steps} B={args.batch} chunk={args.chunk} repeats={args.repeats} "
-        f"backend={jax.default_backend()}", flush=True)
-  print("| model | params | MFLOPs/example | one-jit round s | vs_loop | vs_central | compile s |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  harness.log(f"K={args.k} S={args.steps} B={args.batch} chunk={args.chunk} "
+              f"repeats={args.repeats}; {harness.describe_environment(harness.environment())}")
+  harness.log("| model | params | MFLOPs/example | one-jit round s | vs_loop | vs_central "
+              "| compile s |")
+  harness.log("|---|---:|---:|---:|---:|---:|---:|")
   for name in names:
     t = time.perf_counter()
-    setup = round_speed.Setup(name, args.conv_impl, 1)
+    setup = workload.Setup(name, args.conv_impl, 1)
     r = round_speed.measure(setup, args.k, args.steps, args.batch, chunk, args.repeats,
                             loop_max_clients=args.k)
     params, flops = table[name]
-    rows.append({"model": name, "params": params, "mflops": flops / 1e6, **{
-        k: r[k] for k in ("one_jit_s", "loop_s", "central_s", "vs_loop", "vs_central", "compile_s")}})
-    print(f"| {name} | {params:,} | {flops / 1e6:,.1f} | {r['one_jit_s']:.3f} | "
-          f"{r['vs_loop']:.2f} | {r['vs_central']:.2f} | {r['compile_s']:.1f} |  "
-          f"<!-- {time.perf_counter() - t:.0f} s -->", flush=True)
-  result = {"k": args.k, "steps": args.steps, "batch": args.batch, "chunk": args.chunk,
-            "backend": jax.default_backend(), "models": rows}
-  print(json.dumps(result))
-  return result
+    keys = ("one_jit_s", "loop_s", "central_s", "vs_loop", "vs_central", "compile_s")
+    rows.append({"model": name, "params": params, "mflops": flops / 1e6, **{k: r[k] for k in keys}})
+    harness.log(f"| {name} | {params:,} | {flops / 1e6:,.1f} | {r['one_jit_s']:.3f} | "
+                f"{r['vs_loop']:.2f} | {r['vs_central']:.2f} | {r['compile_s']:.1f} |  "
+                f"<!-- {time.perf_counter() - t:.0f} s -->")
+  return harness.emit_json({"k": args.k, "steps": args.steps, "batch": args.batch,
+                            "chunk": args.chunk, "repeats": args.repeats, "models": rows,
+                            **harness.environment()})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""Smoke test of bench/round_speed.py at a tiny size (seconds, not a benchmark)."""
+"""Smoke tests of the bench scripts at tiny sizes (seconds, not benchmarks)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,15 +8,14 @@ import sys
 import jax
 import pytest
 
+from bench import algorithm_speed, cohort, round_speed, workload, zoo
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SCRIPT = os.path.join(_REPO, "bench", "round_speed.py")
+_SCRIPTS = ("round_speed.py", "algorithm_speed.py", "zoo.py", "analysis_speed.py")
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("round_speed", _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _last_json(capsys) -> dict:
+  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -30,14 +28,12 @@ def fast_compile():
 
 
 def test_round_speed_tiny_prints_json_last(capsys, fast_compile):
-  rs = _load()
-  rs.main([
+  round_speed.main([
       "--models=cnn_tiny", "--ks=4", "--local-steps=2", "--batch-size=4", "--repeats=1",
       "--chunk=auto", "--chunk-candidates=2", "--tune-k=4", "--mem-ks=4,8",
       "--skip-quickstart",
   ])  # fmt: skip
-  lines = capsys.readouterr().out.strip().splitlines()
-  out = json.loads(lines[-1])
+  out = _last_json(capsys)
   for key in (
     "vs_loop_k64",
     "vs_central_k64",
@@ -58,8 +54,8 @@ def test_round_speed_tiny_prints_json_last(capsys, fast_compile):
   assert out["peak_mem_ratio"] > 0
   assert out["chunk"]["cnn_tiny"] == "2"
 
-  large = rs.large_cohort(
-    rs.Setup("cnn_tiny", "auto", 1),
+  large = cohort.large_cohort(
+    workload.Setup("cnn_tiny", "auto", 1),
     2,
     repeats=1,
     n_examples=200,
@@ -71,7 +67,25 @@ def test_round_speed_tiny_prints_json_last(capsys, fast_compile):
   assert large["round_s"] > 0 and large["batch_build_s"] > 0
 
 
-def test_bench_imports_without_clu_or_ml_collections():
+def test_algorithm_speed_rows_come_from_the_registry(capsys, fast_compile):
+  out = algorithm_speed.main(["--quick"])
+  assert _last_json(capsys) == json.loads(json.dumps(out))
+  rows = {k.removesuffix("_vs_fedavg") for k in out if k.endswith("_vs_fedavg")}
+  assert rows == set(algorithm_speed.names(batchnorm=False))
+  assert {"fedavg", "fedadam", "scaffold", "feddyn", "fedavg+swa"} <= rows
+  assert "centralized" not in rows and "fedbn" not in rows
+  assert "fedbn" in algorithm_speed.names(batchnorm=True)
+  assert out["fedavg_vs_fedavg"] == 1.0 and all(out[f"{n}_vs_fedavg"] > 0 for n in rows)
+
+
+def test_zoo_tiny_prints_json_last(capsys, fast_compile):
+  zoo.main(["--models=cnn_tiny", "--k=2", "--steps=1", "--batch=2", "--repeats=1"])
+  (row,) = _last_json(capsys)["models"]
+  assert row["model"] == "cnn_tiny" and row["params"] > 0 and row["vs_loop"] > 0
+
+
+@pytest.mark.parametrize("script", _SCRIPTS)
+def test_bench_imports_without_clu_or_ml_collections(script):
   # The lent GPU machine has neither: the bench must not pull them in.
   code = (
     "import runpy, sys; runpy.run_path(sys.argv[1], run_name='not_main'); "
@@ -79,7 +93,8 @@ def test_bench_imports_without_clu_or_ml_collections():
     "sys.exit(f'imported {bad}' if bad else 0)"
   )
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  path = os.path.join(_REPO, "bench", script)
   proc = subprocess.run(
-    [sys.executable, "-c", code, _SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    [sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=120
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
