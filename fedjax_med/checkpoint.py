@@ -12,7 +12,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from fedjax_med import types
+from fedjax_med import errors, types
 
 
 class Checkpointer:
@@ -41,7 +41,15 @@ class Checkpointer:
     """Restores ``step`` (default: latest) into the structure of ``template``."""
     step = self.latest_round() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except ValueError as e:  # orbax: the saved tree does not match this run's state
+      raise errors.CheckpointMismatchError(
+          f"the checkpoint at step {step} in {self.directory} does not match this run's state "
+          "(another algorithm or model, or a checkpoint written before the per-client-state "
+          "redesign of the server state); use a new --workdir. "
+          f"Orbax said: {str(e).splitlines()[0]}"
+      ) from None
     # Orbax returns the template's containers; keep the exact NamedTuple types.
     return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored))
 

@@ -20,3 +20,8 @@ class DataError(UserError):
 
 class NonFiniteLossError(RuntimeError):
   """Training diverged (NaN/Inf loss); the last good checkpoint is kept."""
+
+
+class CheckpointMismatchError(UserError):
+  """A workdir's checkpoint does not fit the state this run builds (another algorithm,
+  model or an older state layout)."""

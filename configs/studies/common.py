@@ -7,6 +7,8 @@ models); the ``full`` presets are meant for a GPU (more rounds, seeds and
 larger models).
 """
 
+from fedjax_med.algorithms import registry
+
 BASE = "configs/quickstart.py"
 
 DATASETS = {
@@ -28,18 +30,17 @@ PARTITIONS = {
     "site": {"partition.kind": "iid", "partition.site_shift": 1.0},
 }
 
-# The algorithms of configs/algorithms.py, as override sets. The names are those of
-# fedjax_med.algorithms.registry; each algorithm's hyper-parameters are nested under its
-# name (``algorithm.<name>.<field>``).
-ALGORITHMS = {
-    "fedavg": {"algorithm.name": "fedavg"},
-    "fedprox": {"algorithm.name": "fedprox", "algorithm.fedprox.mu": 0.01},
-    "scaffold": {"algorithm.name": "scaffold"},
-    "fedadam": {"algorithm.name": "fedadam", "fl.server_lr": 0.01},
-    "fedbn": {"algorithm.name": "fedbn"},
-    "fedsam": {"algorithm.name": "fedsam", "algorithm.fedsam.rho": 0.05},
-    "fedasam": {"algorithm.name": "fedasam", "algorithm.fedasam.rho": 0.5},
+# Every federated algorithm of fedjax_med.algorithms.registry as an override set. The
+# hyper-parameters the studies ran with are pinned (they equal today's registry
+# defaults; pinned so that a later change of a default does not change a study).
+PINNED = {
+    "fedprox": {"algorithm.fedprox.mu": 0.01},
+    "fedadam": {"fl.server_lr": 0.01},
+    "fedsam": {"algorithm.fedsam.rho": 0.05},
+    "fedasam": {"algorithm.fedasam.rho": 0.5},
 }
+ALGORITHMS = {name: {"algorithm.name": name, **PINNED.get(name, {})}
+              for name in registry.names() if registry.get(name).federated}
 
 
 def centralized(clients_per_round: int, local_steps: int) -> dict:

@@ -23,9 +23,17 @@ from fedjax_med.algorithms.fedsam import fedsam, sam_grad_fn
 from fedjax_med.algorithms.registry import build
 from fedjax_med.algorithms.scaffold import scaffold
 from fedjax_med.algorithms.swa import cyclical_lr, swa
+from fedjax_med.types import (
+    ClientBatch,
+    ClientState,
+    FederatedAlgorithm,
+    RoundMetrics,
+    ServerState,
+)
 
 __all__ = [
-    "Aggregator", "RoundPlan", "aggregators", "build", "centralized", "cyclical_lr", "fedavg",
+    "Aggregator", "ClientBatch", "ClientState", "FederatedAlgorithm", "RoundMetrics", "RoundPlan",
+    "ServerState", "aggregators", "build", "centralized", "cyclical_lr", "fedavg",
     "fedbn", "feddyn", "fedprox", "fedsam", "is_batchnorm_leaf", "proximal_loss", "registry",
     "sam_grad_fn", "scaffold", "swa",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_med import optimizers, sharding, types
+from fedjax_med import errors, optimizers, sharding, types
 from fedjax_med.algorithms import RoundPlan, aggregators, registry
 from fedjax_med.checkpoint import Checkpointer
 from tests.testing import LR, ROUNDS, N, bn_loss, bn_params, sampled_clients
@@ -125,3 +125,11 @@ def test_registry_lookup_errors_list_the_names():
     build_bad(rho=0.1)
   with pytest.raises(ValueError, match="num_clients"):
     registry.build("scaffold", bn_loss, optax.sgd(LR), optax.sgd(1.0), client_lr=LR)
+
+
+def test_restoring_another_algorithms_checkpoint_is_a_clear_error(tmp_path):
+  ckpt = Checkpointer(str(tmp_path / "ckpt"))
+  ckpt.save(run("fedavg")[0])
+  with pytest.raises(errors.CheckpointMismatchError, match="new --workdir"):
+    ckpt.restore(build("scaffold").init(bn_params(), jax.random.PRNGKey(0)))
+  ckpt.close()
