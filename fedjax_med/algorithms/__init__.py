@@ -18,6 +18,7 @@ from fedjax_med.algorithms.centralized import centralized
 from fedjax_med.algorithms.fedavg import fedavg
 from fedjax_med.algorithms.fedbn import fedbn, is_batchnorm_leaf
 from fedjax_med.algorithms.feddyn import feddyn
+from fedjax_med.algorithms.fedexp import fedexp
 from fedjax_med.algorithms.fedprox import fedprox, proximal_loss
 from fedjax_med.algorithms.fedsam import fedsam, sam_grad_fn
 from fedjax_med.algorithms.registry import build
@@ -34,6 +35,6 @@ from fedjax_med.types import (
 __all__ = [
     "Aggregator", "ClientBatch", "ClientState", "FederatedAlgorithm", "RoundMetrics", "RoundPlan",
     "ServerState", "aggregators", "build", "centralized", "cyclical_lr", "fedavg",
-    "fedbn", "feddyn", "fedprox", "fedsam", "is_batchnorm_leaf", "proximal_loss", "registry",
+    "fedbn", "feddyn", "fedexp", "fedprox", "fedsam", "is_batchnorm_leaf", "proximal_loss", "registry",
     "sam_grad_fn", "scaffold", "swa",
 ]

@@ -136,7 +136,8 @@ class Aggregate(NamedTuple):
 
   pseudo_grad: PyTree  # the aggregator's output (FedAvg: the weighted mean delta)
   row_change_sum: PyTree  # sum over real clients of (new row - old row); None if stateless
-  clients: local.ClientsResult  # per-client losses, steps, norms
+  clients: local.ClientsResult  # per-client losses, steps, update norms [C]
+  weight: types.Array  # [C] the clients' aggregation weights (0 = padding)
 
 
 # client_fn(state, data_c, row_c, key_c) -> (LocalResult, new_row_c): one client from the
@@ -194,7 +195,7 @@ def federated_round(
       mean = agg.aggregate(res.delta_sum, res.weight_sum)
     else:
       mean = agg.aggregate(res.deltas, clients.weight)
-    aggregated = Aggregate(mean, change_sum, res._replace(deltas=None))
+    aggregated = Aggregate(mean, change_sum, res._replace(deltas=None), clients.weight)
     if server_fn is None:
       pseudo_grad, server = mean, state.server
     else:
@@ -215,11 +216,13 @@ def federated_round(
 
 
 def stateless(
-    client_fn, server_optimizer: optax.GradientTransformation, plan: RoundPlan, name: str
+    client_fn, server_optimizer: optax.GradientTransformation, plan: RoundPlan, name: str,
+    server_fn: ServerFn | None = None,
 ) -> types.FederatedAlgorithm:
-  """The FedAvg server around a stateless ``client_fn(server_params, data_c, key_c) -> LocalResult``.
+  """A round around a stateless ``client_fn(server_params, data_c, key_c) -> LocalResult``.
 
-  FedAvg, FedProx and FedSAM differ only in their ``client_fn``.
+  FedAvg, FedProx and FedSAM differ only in their ``client_fn``; ``server_fn``
+  (as ``federated_round``'s) changes what the server does with the aggregate.
   """
   check_plan(plan, name, stateful=False)
 
@@ -230,7 +233,8 @@ def stateless(
     del row  # no algorithm state per client
     return client_fn(state.params, data, key), None
 
-  return types.FederatedAlgorithm(init_fn, federated_round(per_client, server_optimizer, plan))
+  round_fn = federated_round(per_client, server_optimizer, plan, server_fn)
+  return types.FederatedAlgorithm(init_fn, round_fn)
 
 
 def round_metrics(res: local.ClientsResult, pseudo_grad) -> types.RoundMetrics:

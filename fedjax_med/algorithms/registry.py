@@ -29,6 +29,7 @@ from fedjax_med.algorithms.centralized import centralized
 from fedjax_med.algorithms.fedavg import fedavg
 from fedjax_med.algorithms.fedbn import fedbn
 from fedjax_med.algorithms.feddyn import feddyn
+from fedjax_med.algorithms.fedexp import fedexp
 from fedjax_med.algorithms.fedprox import fedprox
 from fedjax_med.algorithms.fedsam import fedsam
 from fedjax_med.algorithms.scaffold import scaffold
@@ -116,6 +117,9 @@ ENTRIES: Mapping[str, Entry] = MappingProxyType({
                      hparams=_params(rho=HParam(0.5, _SAM_RHO),
                                      eta=HParam(0.01, "ASAM offset: T = |w| + eta")),
                      fixed=MappingProxyType({"adaptive": True})),
+    "fedexp": Entry(fedexp, "FedExP: server step extrapolated from client disagreement "
+                    "(Jhunjhunwala et al. 2023)",
+                    hparams=_params(eps=HParam(1e-3, "step-size damping", strict=True))),
     "scaffold": Entry(scaffold, "SCAFFOLD, option II control variates (Karimireddy et al. 2020)",
                       stateful=True, takes_client_lr=True, plain_sgd=True),
     "feddyn": Entry(feddyn, "FedDyn: dynamic regularization (Acar et al. 2021)",
