@@ -99,6 +99,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 5  # rounds between val/test evaluations (and always at the end)
   c.eval.batch_size = 500
+  # Each site (client) keeps this seeded share of its own partition as its local test
+  # set (not trained on); summary.json "sites" reports every site on it. 0 = off.
+  c.eval.site_holdout = 0.2
+  # summary.json "selected": the test metrics of the evaluation with the best value of
+  # this validation metric (auc | balanced_accuracy | accuracy | loss), never test.
+  c.eval.select_on = "auc"
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 10  # rounds between checkpoints (and always at the end)

@@ -32,6 +32,8 @@ DEPRECATED = {
     "algorithm.feddyn_alpha": ("algorithm.feddyn.alpha",),
     "algorithm.server_eps": ("fl.server_eps",),
 }
+# eval.select_on -> True if larger is better (the validation metric that selects the model).
+SELECT_ON = {"auc": True, "balanced_accuracy": True, "accuracy": True, "loss": False}
 # fl.<key> -> field of the registry's ServerDefaults used when the key is unset (None).
 SERVER_KEYS = {"server_opt": "opt", "server_lr": "lr", "server_momentum": "momentum",
                "server_eps": "eps"}
@@ -165,8 +167,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0 < cm.fraction <= 1, "comm.fraction", cm.fraction, "must be in (0, 1]")
   _check(0 <= cm.target_accuracy <= 1, "comm.target_accuracy", cm.target_accuracy,
          "must be in [0, 1]")
-  _check(cm.compressor == "none" or entry.federated, "comm.compressor",
-         cm.compressor, "centralized training sends nothing: use comm.compressor=none")
+  _check(cm.compressor == "none" or entry.communicates, "comm.compressor",
+         cm.compressor, f"{name} sends nothing: use comm.compressor=none")
   an = config.analysis
   _check(an.every >= 0, "analysis.every", an.every, "must be >= 0 (0 = off)")
   if an.every:
@@ -191,5 +193,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be in (0, 1] when algorithm.swa is on")
   _check(a.swa_period >= 1, "algorithm.swa_period", a.swa_period, "must be >= 1")
   if not entry.federated:
-    _check(config.fl.num_clients == 1, "fl.num_clients", config.fl.num_clients,
-           "centralized training pools the data: set --config.fl.num_clients=1")
+    _check(config.fl.clients_per_round == 1, "fl.clients_per_round",
+           config.fl.clients_per_round,
+           "centralized training pools every site's data into one client: set it to 1 "
+           "(fl.num_clients stays the number of sites evaluated on their held-out shares)")
+  ev = config.eval
+  _check(isinstance(ev.site_holdout, (int, float)) and 0 <= ev.site_holdout <= 0.9,
+         "eval.site_holdout", ev.site_holdout, "must be in [0, 0.9] (0 = no per-site test share)")
+  _check(ev.select_on in SELECT_ON, "eval.select_on", ev.select_on,
+         f"choose one of {sorted(SELECT_ON)}")

@@ -1,25 +1,22 @@
-"""Evaluation of a model on whole splits and for each client, in one place.
+"""Evaluation of a model on whole splits and on each site's own held-out data, in one place.
 
 **Pooled splits.** ``evaluate`` runs a jitted eval step (``make_eval_fn``) over
 fixed-size padded batches (``batching.make_eval_batches``: every batch has one
-shape, so the step compiles once) and returns loss, accuracy and ROC-AUC.
+shape, so the step compiles once) and returns loss, accuracy, balanced
+accuracy, per-class recall and ROC-AUC (binary: the positive class's score;
+multi-class: the mean one-vs-rest AUC, as MedMNIST reports it).
 
-**Per client.** A federated model that is accurate on the pooled test split can
+**Per site.** A federated model that is accurate on the pooled test split can
 still fail a hospital whose patients (label mix) or scanner (site shift)
-differ. MedMNIST has no per-client test split, so client ``c``'s accuracy is
-the test accuracy *as client c would measure it*:
-
-- label skew: the test split reweighted to ``c``'s training label mix,
-  ``acc_c = sum_y p_c(y) * acc(y)``, with ``acc(y)`` the accuracy on test
-  examples of class ``y`` (a class absent from the test split counts 0);
-- site feature skew (``partition.site_shift > 0``): ``acc(y)`` is measured on
-  the test images rendered through ``c``'s acquisition profile
-  (``data.site_shift.render``), the same transform its training images got;
-- personalized algorithms (``FederatedAlgorithm.client_params``, e.g. FedBN's
-  own BatchNorm layers): client ``c`` is evaluated with its own model.
-
-``worst`` (the minimum over clients) is the fairness number the heterogeneity
-study reports next to the pooled accuracy.
+differ. Every client keeps a seeded held-out share of its own partition
+(``partition.holdout``, ``--config.eval.site_holdout``), and ``site_metrics``
+evaluates on it: the global model, or each client's own model where the
+algorithm has one (``FederatedAlgorithm.client_params``: FedBN's own
+BatchNorm, the ``local`` baseline). Under site feature skew the held-out images
+went through the client's own scanner like the rest of its data. The summary
+gives mean, worst and spread (standard deviation) over sites of accuracy,
+balanced accuracy and AUC (AUC is undefined, ``None``, on a share with one
+class; such sites are left out of the AUC mean and worst, and counted).
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import jax
 import numpy as np
 
 from fedjax_med import batching, data, metrics, tasks
-from fedjax_med.data import site_shift
 from fedjax_med.partition.base import Partition
 
 
@@ -61,103 +57,118 @@ def predict_probs(eval_fn, params, images: np.ndarray, batch_size: int) -> np.nd
   return predict(eval_fn, params, images, np.zeros(len(images), np.int32), batch_size)[1]
 
 
-def evaluate(eval_fn, params, split: data.Split, batch_size: int) -> dict:
-  """Loss, accuracy and ROC-AUC of ``params`` on a whole split."""
-  collected, probs = predict(eval_fn, params, split.images, split.labels, batch_size)
-  result = {k: float(v) for k, v in collected.compute().items()}
-  result["auc"] = metrics.auc(probs, split.labels)
-  return result
+def class_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+  """Accuracy, balanced accuracy, per-class recall and AUC from probabilities [N, K].
 
-
-def class_accuracy(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """Accuracy on the examples of each class ([num_classes]; 0 where a class has none)."""
+  ``recall[k]`` is ``None`` for a class absent from ``labels``; balanced
+  accuracy is the mean recall over the classes present.
+  """
+  labels = np.asarray(labels).reshape(-1)
+  num_classes = probs.shape[1]
   correct = (np.argmax(probs, axis=-1) == labels).astype(np.float64)
   hits = np.bincount(labels, weights=correct, minlength=num_classes)
   counts = np.bincount(labels, minlength=num_classes)
-  return np.where(counts > 0, hits / np.maximum(counts, 1), 0.0)
-
-
-def label_mix(partition: Partition, train_labels: np.ndarray, num_classes: int) -> np.ndarray:
-  """[num_clients, num_classes] training label distribution of each client (rows sum to 1)."""
-  mix = np.zeros((partition.num_clients, num_classes))
-  for c in range(partition.num_clients):
-    counts = np.bincount(train_labels[partition.client(c)], minlength=num_classes)
-    mix[c] = counts / max(counts.sum(), 1)
-  return mix
-
-
-def client_accuracies(
-    predict_probs: Callable[[np.ndarray], np.ndarray],
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    partition: Partition,
-    train_labels: np.ndarray,
-    num_classes: int,
-    *,
-    site_shift_strength: float = 0.0,
-    seed: int = 0,
-    client_predict: Callable[[int, np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-  """Accuracy of the model behind ``predict_probs`` (images -> [N, classes]) for each client.
-
-  ``client_predict(c, images)``, if given, replaces ``predict_probs`` with each
-  client's own (personalized) model, e.g. FedBN's local BatchNorm layers.
-  """
-  mix = label_mix(partition, train_labels, num_classes)
-  if site_shift_strength <= 0 and client_predict is None:
-    per_class = class_accuracy(predict_probs(test_images), test_labels, num_classes)
-    return mix @ per_class
-  prof = (site_shift.profiles(partition.num_clients, site_shift_strength, seed)
-          if site_shift_strength > 0 else None)
-  out = np.zeros(partition.num_clients)
-  for c in range(partition.num_clients):
-    images = test_images if prof is None else site_shift.render(test_images, c, prof, seed)
-    probs = client_predict(c, images) if client_predict else predict_probs(images)
-    out[c] = mix[c] @ class_accuracy(probs, test_labels, num_classes)
-  return out
-
-
-def summarize(accuracies: np.ndarray) -> dict:
-  """JSON-ready summary: worst, 10th percentile, mean, best and the list itself."""
-  a = np.asarray(accuracies, np.float64)
+  recall = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+  auc = metrics.auc(probs, labels)
   return {
-      "worst": float(a.min()),
-      "p10": float(np.percentile(a, 10)),
-      "mean": float(a.mean()),
-      "best": float(a.max()),
-      "accuracy": [round(float(x), 5) for x in a],
+      "accuracy": float(correct.mean()) if len(labels) else float("nan"),
+      "balanced_accuracy": float(np.nanmean(recall)) if (counts > 0).any() else float("nan"),
+      "recall": [None if np.isnan(r) else float(r) for r in recall],
+      "auc": None if np.isnan(auc) else auc,
   }
 
 
+def evaluate(eval_fn, params, split: data.Split, batch_size: int) -> dict:
+  """Loss, accuracy, balanced accuracy, per-class recall and ROC-AUC of ``params`` on a split."""
+  collected, probs = predict(eval_fn, params, split.images, split.labels, batch_size)
+  result = {k: float(v) for k, v in collected.compute().items()}
+  # The pooled accuracy stays clu's (as before); the rest comes from the probabilities.
+  extra = class_metrics(probs, split.labels)
+  result.update(balanced_accuracy=extra["balanced_accuracy"], recall=extra["recall"],
+                auc=metrics.auc(probs, split.labels))
+  return result
+
+
+SITE_METRICS = ("accuracy", "balanced_accuracy", "auc")
+
+
+def summarize_sites(per_site: list[dict]) -> dict:
+  """Mean, worst (minimum) and spread (population std) over sites of each of ``SITE_METRICS``.
+
+  Sites where a metric is undefined (``None``: AUC on a one-class share, any
+  metric on an empty share) are left out of that metric and counted.
+  """
+  out = {}
+  for name in SITE_METRICS:
+    values = np.asarray([s[name] for s in per_site if s[name] is not None], np.float64)
+    values = values[~np.isnan(values)]
+    out[name] = {
+        "mean": float(values.mean()) if len(values) else None,
+        "worst": float(values.min()) if len(values) else None,
+        "spread": float(values.std()) if len(values) else None,
+        "undefined_sites": len(per_site) - len(values),
+        "per_site": [None if s[name] is None else round(float(s[name]), 5) for s in per_site],
+    }
+  return out
+
+
+def site_metrics(
+    predict_fn: Callable[[int, np.ndarray], np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    sites: Partition,
+) -> list[dict]:
+  """``class_metrics`` of each site on its own held-out examples.
+
+  Args:
+    predict_fn: ``(site, images) -> probs [n, K]``: the global model for every
+      site, or each site's own model.
+    images, labels: the (site-shifted) training split the shares index into.
+    sites: each site's held-out example indices.
+  """
+  out = []
+  for c in range(sites.num_clients):
+    idx = sites.client(c)
+    if len(idx) == 0:
+      out.append({"n": 0, **{m: None for m in SITE_METRICS}, "recall": []})
+      continue
+    res = class_metrics(predict_fn(c, images[idx]), labels[idx])
+    out.append({"n": int(len(idx)), **res})
+  return out
+
+
 class Evaluator:
-  """Evaluation of one run's models: pooled val/test splits and every client.
+  """Evaluation of one run's models: pooled val/test splits and every site's held-out share.
 
   Built once per run (``experiment.build``); the eval step compiles once.
   """
 
-  def __init__(self, model, dataset: data.Dataset, partition: Partition, *, batch_size: int,
-               site_shift_strength: float = 0.0, seed: int = 0):
+  def __init__(self, model, dataset: data.Dataset, sites: Partition, *, batch_size: int):
     self.eval_fn = make_eval_fn(model)
-    self.dataset, self.partition = dataset, partition
-    self.batch_size, self.site_shift_strength, self.seed = batch_size, site_shift_strength, seed
+    self.dataset, self.site_test, self.batch_size = dataset, sites, batch_size
 
   def splits(self, params, names=("val", "test")) -> dict[str, dict]:
-    """``{split: {"loss", "accuracy", "auc"}}`` of ``params`` on each named split."""
+    """``{split: evaluate(...)}`` of ``params`` on each named split."""
     return {s: evaluate(self.eval_fn, params, self.dataset.split(s), self.batch_size)
             for s in names}
 
-  def clients(self, params, client_params: Callable[[int], object] | None = None) -> dict:
-    """Per-client test accuracy summary (``summarize``) of the global model, or of each
-    client's own model ``client_params(c)`` where the algorithm has one."""
-    ds, bs = self.dataset, self.batch_size
-    client_predict = None
-    if client_params is not None:
-      client_predict = lambda c, x: predict_probs(self.eval_fn, client_params(c), x, bs)  # noqa: E731
-    summary = summarize(client_accuracies(
-        lambda x: predict_probs(self.eval_fn, params, x, bs),
-        ds.test.images, ds.test.labels, self.partition, ds.train.labels, ds.num_classes,
-        site_shift_strength=self.site_shift_strength, seed=self.seed,
-        client_predict=client_predict,
-    ))
-    summary["model"] = "each client's own" if client_params is not None else "global"
-    return summary
+  def sites(self, params, client_params: Callable[[int], object] | None = None) -> dict | None:
+    """Per-site metrics on the held-out shares (``summarize_sites`` plus each site's own
+    numbers), of the global model or of each site's own model ``client_params(c)``;
+    ``None`` when no site holds anything out."""
+    if int(self.site_test.sizes.sum()) == 0:
+      return None
+    bs = self.batch_size
+
+    def predict_fn(c, images):
+      own = params if client_params is None else client_params(c)
+      return predict_probs(self.eval_fn, own, images, bs)
+
+    train = self.dataset.train
+    per_site = site_metrics(predict_fn, train.images, train.labels, self.site_test)
+    return {
+        "model": "global" if client_params is None else "each site's own",
+        "sizes": [s["n"] for s in per_site],
+        **summarize_sites(per_site),
+        "recall": [s["recall"] for s in per_site],
+    }

@@ -39,6 +39,7 @@ from fedjax_med import (
 from fedjax_med import config as config_lib
 from fedjax_med.algorithms import registry
 from fedjax_med.data import site_shift
+from fedjax_med.partition import holdout
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ class Experiment(NamedTuple):
   """Everything a run is built from, before any output is written."""
 
   config: ml_collections.ConfigDict  # resolved (what config.json records)
-  dataset: data.Dataset
-  partition: partition.Partition
+  dataset: data.Dataset  # training images site-shifted where configured
+  partition: partition.Partition  # what clients train on (centralized: one pooled "client")
+  sites: holdout.Holdout  # the sites' training and held-out shares (evaluation per site)
   engine: engine.Engine
   model: Any  # flax module
   loss_fn: types.LossFn
@@ -63,7 +65,8 @@ class Experiment(NamedTuple):
   def make_batch(self, round_idx: int, pad_clients_to: int) -> types.ClientBatch:
     """Round ``round_idx``'s sampled clients and their local data (host numpy)."""
     c, fl = self.config, self.config.fl
-    client_ids = batching.sample_clients(fl.num_clients, fl.clients_per_round, c.seed, round_idx)
+    client_ids = batching.sample_clients(self.partition.num_clients, fl.clients_per_round, c.seed,
+                                         round_idx)
     return batching.make_client_batch(
         self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
         local_steps=self.local_steps, batch_size=fl.batch_size, seed=c.seed, round_idx=round_idx,
@@ -144,6 +147,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   if config.partition.site_shift > 0:  # each client's training images through its "scanner"
     shifted = site_shift.apply(ds.train.images, part, config.partition.site_shift, config.seed)
     ds = dataclasses.replace(ds, train=ds.train._replace(images=shifted))
+  # Every site keeps a seeded share of its own data as its local test set.
+  sites = holdout.split(part, config.eval.site_holdout, config.seed)
+  federated = registry.get(config.algorithm.name).federated
+  train_part = sites.train
+  if not federated:  # the baseline pools every site's training share into one "client"
+    train_part = partition.Partition.from_lists([sites.train.indices])
   fl = config.fl
   eng = engine.choose(fl.clients_per_round, client_chunk_size=fl.client_chunk_size,
                       conv_impl=config.model.conv_impl, local_unroll=fl.local_unroll)
@@ -151,26 +160,26 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                            norm=config.model.norm)
   loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
   compressor = make_compressor(config)
-  federated = registry.get(config.algorithm.name).federated
   plan = algorithms.RoundPlan(
       num_clients=fl.num_clients, chunk_size=eng.client_chunk_size, unroll=eng.local_unroll,
       compressor=compressor, error_feedback=bool(config.comm.error_feedback and compressor),
   )
   local_steps = fl.local_steps
   if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
-    local_steps = batching.epoch_steps(part.sizes, fl.batch_size, fl.local_epochs)
+    local_steps = batching.epoch_steps(train_part.sizes, fl.batch_size, fl.local_epochs)
     log.info("%g local epochs: S = %d steps (largest client)", fl.local_epochs, local_steps)
-  evaluator = evaluation.Evaluator(model, ds, part, batch_size=config.eval.batch_size,
-                                   site_shift_strength=config.partition.site_shift,
-                                   seed=config.seed)
+  evaluator = evaluation.Evaluator(model, ds, sites.test, batch_size=config.eval.batch_size)
   # Bytes on the wire per round, exact from the shapes and dtypes sent: every
   # sampled client downloads the model and uploads its (compressed) update.
   shapes = jax.eval_shape(functools.partial(tasks.init_variables, model,
                                             image_shape=ds.image_shape), jax.random.PRNGKey(0))
   up = down = 0
-  if federated:
-    up = fl.clients_per_round * compression.upload_bits(compressor, shapes) // 8
+  entry = registry.get(config.algorithm.name)
+  if entry.communicates:
+    per_client = compression.upload_bits(compressor, shapes)
+    per_client += entry.extra_uploads * compression.upload_bits(None, shapes)
+    up = fl.clients_per_round * per_client // 8
     down = fl.clients_per_round * compression.model_bits(shapes) // 8
-  return Experiment(config, ds, part, eng, model, loss_fn, plan,
+  return Experiment(config, ds, train_part, sites, eng, model, loss_fn, plan,
                     make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,
                     up, down)

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from fedjax_med import batching, checkpoint, experiment, metrics, partition, sharding, types
+from fedjax_med import config as config_lib
 from fedjax_med.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   metrics.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
   metrics.write_json_atomic(
       os.path.join(workdir, "partition.json"),
-      partition.summarize(exp.partition, ds.train.labels, ds.num_classes),
+      {**partition.summarize(exp.sites.train, ds.train.labels, ds.num_classes),
+       "held_out_sizes": exp.sites.test.sizes.tolist()},
   )
   state = exp.initial_state()
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.keep)
@@ -104,6 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
   prefetcher = batching.Prefetcher(functools.partial(exp.make_batch, pad_clients_to=padded_clients),
                                    stop=fl.rounds)
   round_fn = sharding.jit_round(exp.algorithm.round, mesh)
+  diagnose = exp.algorithm.diagnostics and jax.jit(exp.algorithm.diagnostics)
   analysis_fn = _make_analysis_fn(config, exp.model, ds)
   progress = _Progress(config.log.progress, fl.rounds, start)
   first_round_s = None
@@ -131,6 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
           "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
           "pseudo_grad_norm": float(m.pseudo_grad_norm),
           **comm_bytes(r + 1),
+          **({k: float(v) for k, v in jax.device_get(diagnose(state)).items()} if diagnose
+             else {}),
       })
       progress.update(r + 1, train_loss)
       done = r + 1 == fl.rounds
@@ -152,12 +157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
     if not last:  # resumed an already finished run: evaluate again
       last = [evaluate(state.params, fl.rounds)[split]]
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
-  clients = None
-  if exp.federated:
-    own = exp.algorithm.client_params
-    host_state = jax.device_get(state) if own is not None else None
-    clients = exp.evaluator.clients(
-        state.params, None if own is None else functools.partial(own, host_state))
+  own = exp.algorithm.client_params
+  host_state = jax.device_get(state) if own is not None else None
+  sites = exp.evaluator.sites(state.params,
+                              None if own is None else functools.partial(own, host_state))
   target = config.comm.target_accuracy
   reached = [x["round"] for x in records if x["split"] == "test" and x["accuracy"] >= target]
   summary = {
@@ -179,12 +182,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       "rounds_to_target": reached[0] if reached else None,
       "bytes_up_to_target": comm_bytes(reached[0])["bytes_up"] if reached else None,
       **final,
-      "clients": clients,
+      "selected": select(records, config.eval.select_on),
+      "sites": sites,
   }
   metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   ckpt.close()
   log.info("test accuracy %.4f, AUC %.4f", final["test"]["accuracy"], final["test"]["auc"])
   return state
+
+
+SCALARS = ("loss", "accuracy", "balanced_accuracy", "auc")
+
+
+def select(records: list[dict], metric: str) -> dict:
+  """Model selection on validation, from the evaluation records of ``metrics.jsonl``.
+
+  ``best_val``: the evaluation with the best validation ``metric`` (the
+  earliest on ties) and its test metrics; ``last3``: the mean of the last three
+  evaluations (val and test). Test metrics never take part in the choice.
+  """
+  larger = config_lib.SELECT_ON[metric]
+  val = {r["round"]: r for r in records if r["split"] == "val"}
+  test = {r["round"]: r for r in records if r["split"] == "test"}
+  rounds = sorted(set(val) & set(test))
+  best = max(rounds, key=lambda r: (val[r][metric] if larger else -val[r][metric], -r))
+  last = rounds[-3:]
+
+  def at(rs: dict, r: int) -> dict:
+    return {k: rs[r][k] for k in SCALARS if k in rs[r]}
+
+  def mean(rs: dict) -> dict:
+    return {k: float(np.mean([rs[r][k] for r in last]))
+            for k in SCALARS if all(k in rs[r] for r in last)}
+
+  return {
+      "metric": metric,
+      "best_val": {"round": best, "val": at(val, best), "test": at(test, best)},
+      "last3": {"rounds": last, "val": mean(val), "test": mean(test)},
+  }
 
 
 def _mean_loss(m: types.RoundMetrics) -> float:

@@ -81,8 +81,12 @@ class FederatedAlgorithm(NamedTuple):
   ``client_params(state, client_id) -> Params``, where given, is client
   ``client_id``'s own model (FedBN: the global model with the client's own
   BatchNorm layers); ``None`` means every client uses ``state.params``.
+  ``diagnostics(state)``, where given, returns scalars the trainer logs each
+  round (SCAFFOLD: the size of its control variates).
   """
 
   init: Callable[[Params, PRNGKey], ServerState]
   round: Callable[[ServerState, ClientBatch], tuple[ServerState, RoundMetrics]]
   client_params: Callable[[ServerState, int], Params] | None = None
+  # diagnostics(state) -> {name: scalar}: algorithm-specific numbers logged every round.
+  diagnostics: Callable[[ServerState], dict] | None = None

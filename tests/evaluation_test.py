@@ -1,155 +1,81 @@
-"""Per-client test accuracy (fedjax_med/evaluation.py) against a slow, obvious reference."""
+"""Evaluation (fedjax_med/evaluation.py) and per-site held-out shares against obvious references."""
 
 import numpy as np
 import pytest
 
-from fedjax_med import evaluation
-from fedjax_med.data import site_shift
+from fedjax_med import errors, evaluation
+from fedjax_med.partition import holdout, make_partition
 from fedjax_med.partition.base import Partition
 
-CENTERS = np.array([0.3, 0.5, 0.7])  # class k is predicted when the mean intensity is near CENTERS[k]
+
+def probs_of(pred: np.ndarray, num_classes: int, confidence=0.9) -> np.ndarray:
+  """One-hot-ish probabilities that predict ``pred`` (argmax) with distinct scores for AUC."""
+  rng = np.random.default_rng(0)
+  p = rng.uniform(0, 0.1, (len(pred), num_classes))
+  p[np.arange(len(pred)), pred] = confidence + rng.uniform(0, 0.05, len(pred))
+  return p / p.sum(axis=1, keepdims=True)
 
 
-def predict_probs(images: np.ndarray) -> np.ndarray:
-  """A fixed model of the mean pixel intensity: the nearest of CENTERS wins ([N, 3])."""
-  m = images.astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
-  scores = -((m[:, None] - CENTERS[None]) ** 2) * 50.0
-  e = np.exp(scores - scores.max(axis=1, keepdims=True))
-  return e / e.sum(axis=1, keepdims=True)
+def test_class_metrics_match_a_loop():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 3, 50)
+  pred = np.where(rng.uniform(size=50) < 0.7, labels, rng.integers(0, 3, 50))
+  got = evaluation.class_metrics(probs_of(pred, 3), labels)
+  recall = []
+  for k in range(3):
+    members = [i for i in range(50) if labels[i] == k]
+    recall.append(sum(pred[i] == k for i in members) / len(members))
+  assert got["accuracy"] == pytest.approx(sum(pred == labels) / 50)
+  assert got["recall"] == pytest.approx(recall)
+  assert got["balanced_accuracy"] == pytest.approx(sum(recall) / 3)
 
 
-def make_images(rng, labels: np.ndarray) -> np.ndarray:
-  """[N, 28, 28, 1] uint8 whose mean intensity mostly follows the label (so accuracy is 0 < a < 1)."""
-  brightness = CENTERS[labels] + rng.normal(0.0, 0.1, len(labels))
-  x = brightness[:, None, None, None] * 255 + rng.normal(0.0, 20.0, (len(labels), 28, 28, 1))
-  return np.clip(np.round(x), 0, 255).astype(np.uint8)
+def test_balanced_accuracy_ignores_absent_classes_and_auc_is_none_for_one_class():
+  labels = np.array([1, 1, 1, 1])
+  got = evaluation.class_metrics(probs_of(np.array([1, 1, 0, 1]), 2), labels)
+  assert got["recall"] == [None, 0.75] and got["balanced_accuracy"] == 0.75
+  assert got["auc"] is None  # one class present: undefined, not 0 or 0.5
 
 
-def make_problem(seed=0, num_clients=4, n_train=90, n_test=60, test_classes=(0, 1, 2)):
-  rng = np.random.default_rng(seed)
-  train_labels = rng.integers(0, 3, n_train)
-  test_labels = rng.choice(np.array(test_classes), n_test)
-  test_images = make_images(rng, test_labels)
-  perm = rng.permutation(n_train)
-  cuts = np.sort(rng.choice(np.arange(1, n_train), num_clients - 1, replace=False))
-  # skew: client c gets a label-sorted chunk, so label mixes differ
-  order = perm[np.argsort(train_labels[perm], kind="stable")]
-  partition = Partition.from_lists(np.split(order, cuts))
-  return test_images, test_labels, partition, train_labels
+def test_site_metrics_and_summary():
+  labels = np.array([0, 1, 0, 1, 1, 1, 0, 0, 1, 0])
+  sites = Partition.from_lists([np.array([0, 1, 2]), np.array([3, 4, 5]), np.array([], int)])
+  pred = np.array([0, 1, 1, 1, 0, 1, 0, 0, 1, 0])  # site 0: 2/3 right, site 1: 2/3 (all class 1)
+  calls = []
+
+  def predict_fn(site, images):
+    calls.append(site)
+    return probs_of(pred[images[:, 0]], 2)
+
+  images = np.arange(10)[:, None]  # the "image" is the example index
+  per_site = evaluation.site_metrics(predict_fn, images, labels, sites)
+  assert calls == [0, 1]  # the empty site is not evaluated
+  assert [s["n"] for s in per_site] == [3, 3, 0]
+  assert per_site[0]["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
+  assert per_site[1]["balanced_accuracy"] == pytest.approx(2 / 3) and per_site[1]["auc"] is None
+  summary = evaluation.summarize_sites(per_site)
+  acc = summary["accuracy"]
+  assert acc["mean"] == pytest.approx(2 / 3) and acc["worst"] == pytest.approx(2 / 3)
+  assert acc["undefined_sites"] == 1 and acc["per_site"][2] is None
+  assert summary["auc"]["undefined_sites"] == 2  # site 1 (one class) and site 2 (empty)
+  bal = [per_site[0]["balanced_accuracy"], per_site[1]["balanced_accuracy"]]
+  assert summary["balanced_accuracy"]["spread"] == pytest.approx(np.std(bal))
+  assert summary["balanced_accuracy"]["worst"] == pytest.approx(min(bal))
 
 
-def reference(predict, test_images, test_labels, partition, train_labels, num_classes,
-              strength=0.0, seed=0, client_predict=None):
-  """Loops: for each client, each test example weighted by p_c(y) / count_test(y)."""
-  prof = site_shift.profiles(partition.num_clients, strength, seed) if strength > 0 else None
-  out = []
-  for c in range(partition.num_clients):
-    own = [int(train_labels[i]) for i in partition.client(c)]
-    p = [own.count(k) / len(own) for k in range(num_classes)]
-    images = test_images if prof is None else site_shift.render(test_images, c, prof, seed)
-    probs = client_predict(c, images) if client_predict else predict(images)
-    count = [int(np.sum(test_labels == k)) for k in range(num_classes)]
-    acc = 0.0
-    for i in range(len(test_labels)):
-      y = int(test_labels[i])
-      correct = float(int(np.argmax(probs[i])) == y)
-      acc += p[y] / count[y] * correct
-    out.append(acc)
-  return np.array(out)
-
-
-@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
-def test_client_accuracies_match_reference(strength):
-  test_images, test_labels, partition, train_labels = make_problem()
-  got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                      train_labels, 3, site_shift_strength=strength, seed=3)
-  want = reference(predict_probs, test_images, test_labels, partition, train_labels, 3,
-                   strength=strength, seed=3)
-  assert got.shape == (partition.num_clients,)
-  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-  assert np.all((got >= 0) & (got <= 1))
-  assert len(set(np.round(got, 6))) > 1  # the clients' label mixes differ
-
-
-def client_predict(c: int, images: np.ndarray) -> np.ndarray:
-  """A personalized model per client: client c's intensity scale differs."""
-  return predict_probs(np.clip(images.astype(np.float64) * (0.8 + 0.15 * c), 0, 255))
-
-
-@pytest.mark.parametrize("strength", [0.0, 1.0])
-def test_client_predict_matches_reference(strength):
-  test_images, test_labels, partition, train_labels = make_problem()
-  got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                      train_labels, 3, site_shift_strength=strength, seed=3,
-                                      client_predict=client_predict)
-  want = reference(predict_probs, test_images, test_labels, partition, train_labels, 3,
-                   strength=strength, seed=3, client_predict=client_predict)
-  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-  shared = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                         train_labels, 3, site_shift_strength=strength, seed=3)
-  assert not np.allclose(got, shared)  # the per-client models were used
-
-
-def test_site_shift_changes_client_accuracies():
-  test_images, test_labels, partition, train_labels = make_problem()
-  plain = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                        train_labels, 3)
-  shifted = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                          train_labels, 3, site_shift_strength=1.0, seed=3)
-  assert not np.allclose(plain, shifted)
-  # and each client sees its own scanner: a different seed gives different numbers
-  other = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                        train_labels, 3, site_shift_strength=1.0, seed=4)
-  assert not np.allclose(shifted, other)
-
-
-def test_client_accuracies_with_a_class_absent_from_the_test_split():
-  test_images, test_labels, partition, train_labels = make_problem(seed=1, test_classes=(0, 2))
-  for strength in (0.0, 1.0):
-    got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                        train_labels, 3, site_shift_strength=strength)
-    want = reference(predict_probs, test_images, test_labels, partition, train_labels, 3,
-                     strength=strength)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-
-
-def test_without_skew_every_client_gets_the_pooled_accuracy_of_its_mix():
-  """One client owning all of a balanced train split, balanced test: the balanced accuracy."""
-  rng = np.random.default_rng(5)
-  test_labels = np.repeat(np.arange(3), 20)
-  test_images = make_images(rng, test_labels)
-  train_labels = np.repeat(np.arange(3), 10)
-  partition = Partition.from_lists([np.arange(30)])
-  got = evaluation.client_accuracies(predict_probs, test_images, test_labels, partition,
-                                      train_labels, 3)
-  pred = np.argmax(predict_probs(test_images), axis=1)
-  np.testing.assert_allclose(got, [np.mean(pred == test_labels)])
-
-
-def test_class_accuracy_with_an_absent_class():
-  probs = np.array([[0.9, 0.1, 0.0, 0.0], [0.2, 0.8, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0],
-                    [0.1, 0.2, 0.0, 0.7], [0.1, 0.2, 0.0, 0.7]])
-  labels = np.array([0, 1, 1, 3, 0])
-  acc = evaluation.class_accuracy(probs, labels, 4)
-  np.testing.assert_allclose(acc, [0.5, 0.5, 0.0, 1.0])  # class 2 has no examples: 0
-
-
-def test_label_mix_rows_sum_to_one():
-  _, _, partition, train_labels = make_problem(num_clients=5)
-  mix = evaluation.label_mix(partition, train_labels, 3)
-  assert mix.shape == (5, 3)
-  np.testing.assert_allclose(mix.sum(axis=1), 1.0)
-  for c in range(5):
-    own = train_labels[partition.client(c)]
-    np.testing.assert_allclose(mix[c], [np.mean(own == k) for k in range(3)])
-
-
-def test_summarize():
-  acc = np.array([0.9, 0.5, 0.7, 0.8, 0.6, 0.95, 0.85, 0.75, 0.65, 0.55, 0.99])
-  s = evaluation.summarize(acc)
-  assert s["worst"] == pytest.approx(0.5) and s["best"] == pytest.approx(0.99)
-  assert s["mean"] == pytest.approx(acc.mean())
-  assert s["p10"] == pytest.approx(np.percentile(acc, 10))
-  assert s["worst"] <= s["p10"] <= s["mean"]
-  assert len(s["accuracy"]) == len(acc) and s["accuracy"][1] == 0.5
-  assert all(isinstance(v, float) for v in (s["worst"], s["p10"], s["mean"], s["best"]))
+def test_holdout_split_is_seeded_disjoint_and_keeps_a_training_example():
+  labels = np.repeat(np.arange(3), 40)
+  part = make_partition("dirichlet", labels, 6, seed=3, alpha=0.5, min_size=1)
+  a, b = holdout.split(part, 0.2, seed=7), holdout.split(part, 0.2, seed=7)
+  np.testing.assert_array_equal(a.test.indices, b.test.indices)
+  for c in range(part.num_clients):
+    own, tr, te = set(part.client(c)), set(a.train.client(c)), set(a.test.client(c))
+    assert tr | te == own and not tr & te and len(tr) >= 1
+    n = len(own)
+    assert len(te) == (0 if n < 2 else min(n - 1, max(1, round(0.2 * n))))
+  other = holdout.split(part, 0.2, seed=8)
+  assert not np.array_equal(a.test.indices, other.test.indices)
+  none = holdout.split(part, 0.0, seed=7)
+  assert none.test.sizes.sum() == 0 and np.array_equal(none.train.indices, part.indices)
+  with pytest.raises(errors.ConfigError, match="site_holdout"):
+    holdout.split(part, 0.95, seed=0)

@@ -233,3 +233,50 @@ def test_site_feature_skew_run(data_root, tmp_path):
   plain = experiment.build(small_config(data_root))
   assert not np.array_equal(exp.dataset.train.images, plain.dataset.train.images)
   np.testing.assert_array_equal(exp.dataset.test.images, plain.dataset.test.images)
+
+
+def test_selection_on_validation_and_per_site_held_out_metrics(data_root, tmp_path):
+  config = small_config(data_root, **{"eval.every": 1, "eval.select_on": "balanced_accuracy"})
+  train.train_and_evaluate(config, str(tmp_path / "fed"))
+  summary = json.load(open(tmp_path / "fed" / "summary.json"))
+  records = metrics.read_jsonl(str(tmp_path / "fed" / "metrics.jsonl"))
+  val = [r for r in records if r["split"] == "val"]
+  test = {r["round"]: r for r in records if r["split"] == "test"}
+  assert all({"balanced_accuracy", "recall"} <= set(r) for r in val)
+  # The earliest round with the best validation balanced accuracy; its test numbers, not test's best.
+  best = max(val, key=lambda r: (r["balanced_accuracy"], -r["round"]))["round"]
+  sel = summary["selected"]
+  assert sel["metric"] == "balanced_accuracy" and sel["best_val"]["round"] == best
+  assert sel["best_val"]["test"]["auc"] == test[best]["auc"]
+  assert sel["last3"]["rounds"] == [2, 3, 4]
+  assert sel["last3"]["test"]["accuracy"] == pytest.approx(
+      np.mean([test[r]["accuracy"] for r in (2, 3, 4)]))
+  part = json.load(open(tmp_path / "fed" / "partition.json"))
+  held = part["held_out_sizes"]
+  sites = summary["sites"]
+  assert sites["model"] == "global" and sites["sizes"] == held and len(held) == 6
+  for n_train, n_held in zip(part["sizes"], held, strict=True):  # 20 % of each client's data
+    n = n_train + n_held
+    assert n_held == min(n - 1, max(1, round(0.2 * n)))
+  assert len(sites["balanced_accuracy"]["per_site"]) == 6
+  assert sites["accuracy"]["worst"] <= sites["accuracy"]["mean"]
+  # The centralized counterpart pools the same sites' training shares and is tested on the
+  # same held-out shares.
+  central = small_config(data_root, **{"algorithm.name": "centralized", "fl.clients_per_round": 1,
+                                       "fl.local_steps": 12})
+  exp = experiment.build(central)
+  fed = experiment.build(config)
+  np.testing.assert_array_equal(exp.sites.test.indices, fed.sites.test.indices)
+  np.testing.assert_array_equal(np.sort(exp.partition.indices), np.sort(fed.partition.indices))
+  assert exp.partition.num_clients == 1
+
+
+def test_scaffold_counts_its_control_variate_upload_and_logs_diagnostics(data_root, tmp_path):
+  config = small_config(data_root, **{"algorithm.name": "scaffold", "fl.rounds": 2})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  params = jax.device_get(state.params)
+  model = compression.model_bits(params) // 8  # float32 model = its delta = its delta c_i
+  records = metrics.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  rows = [r for r in records if r["split"] == "train"]
+  assert rows[-1]["bytes_up"] == 2 * config.fl.clients_per_round * 2 * model
+  assert all(r["control_norm"] > 0 and r["client_control_drift_max"] > 0 for r in rows)

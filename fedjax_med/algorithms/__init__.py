@@ -21,6 +21,7 @@ from fedjax_med.algorithms.feddyn import feddyn
 from fedjax_med.algorithms.fedexp import fedexp
 from fedjax_med.algorithms.fedprox import fedprox, proximal_loss
 from fedjax_med.algorithms.fedsam import fedsam, sam_grad_fn
+from fedjax_med.algorithms.local_baseline import local_baseline
 from fedjax_med.algorithms.registry import build
 from fedjax_med.algorithms.scaffold import scaffold
 from fedjax_med.algorithms.swa import cyclical_lr, swa
@@ -35,6 +36,6 @@ from fedjax_med.types import (
 __all__ = [
     "Aggregator", "ClientBatch", "ClientState", "FederatedAlgorithm", "RoundMetrics", "RoundPlan",
     "ServerState", "aggregators", "build", "centralized", "cyclical_lr", "fedavg",
-    "fedbn", "feddyn", "fedexp", "fedprox", "fedsam", "is_batchnorm_leaf", "proximal_loss", "registry",
+    "fedbn", "feddyn", "fedexp", "fedprox", "fedsam", "is_batchnorm_leaf", "local_baseline", "proximal_loss", "registry",
     "sam_grad_fn", "scaffold", "swa",
 ]

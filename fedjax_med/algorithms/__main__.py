@@ -17,8 +17,8 @@ def table() -> str:
     server = e.server.opt + (" (fixed by the name)" if e.server_opt_fixed else "")
     server += f", lr {e.server.lr:g}" + (f", momentum {e.server.momentum:g}" if e.server.momentum
                                          else "")
-    if not e.federated:
-      server = "none (one model)"
+    if not e.communicates:
+      server = "none (one model)" if not e.federated else "none (a model per site)"
     state = "; per-client state" if e.stateful else ""
     rows.append(f"| `{name}` | {e.summary}{state} | {hp or '—'} | {server} |")
   return "\n".join(rows)

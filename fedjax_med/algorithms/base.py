@@ -153,15 +153,20 @@ def federated_round(
   server_optimizer: optax.GradientTransformation,
   plan: RoundPlan,
   server_fn: ServerFn | None = None,
+  *,
+  uniform: bool = False,
 ) -> Callable[[types.ServerState, types.ClientBatch], tuple[types.ServerState, types.RoundMetrics]]:
   """The round function: gather -> map -> scatter -> aggregate -> server update.
 
   ``server_fn`` defaults to "the aggregate is the pseudo-gradient, the server
-  extras are unchanged" (FedAvg).
+  extras are unchanged" (FedAvg). ``uniform`` weighs every real client 1 in the
+  aggregate instead of its ``ClientBatch.weight`` (example count).
   """
   agg = plan.aggregator
 
   def round_fn(state: types.ServerState, clients: types.ClientBatch):
+    if uniform:
+      clients = clients._replace(weight=(clients.weight > 0).astype(clients.weight.dtype))
     store = state.client_state
     rows = None if store is None else client_store.gather(store, clients.client_id)
     alg_rows = None if rows is None else rows.algorithm

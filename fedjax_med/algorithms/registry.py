@@ -32,6 +32,7 @@ from fedjax_med.algorithms.feddyn import feddyn
 from fedjax_med.algorithms.fedexp import fedexp
 from fedjax_med.algorithms.fedprox import fedprox
 from fedjax_med.algorithms.fedsam import fedsam
+from fedjax_med.algorithms.local_baseline import local_baseline
 from fedjax_med.algorithms.scaffold import scaffold
 
 
@@ -82,6 +83,9 @@ class Entry:
     server_opt_fixed: the name fixes the server optimizer (``fedadam`` is Adam).
     stateful: keeps a state row per client (needs ``plan.num_clients``).
     federated: False for the centralized baseline (one pooled "client").
+    communicates: False for the baselines that send nothing (bytes are 0).
+    extra_uploads: model-sized float32 payloads a client uploads besides its
+      (compressed) delta (SCAFFOLD: its control-variate change), counted in bytes.
     takes_client_lr: the builder needs the client learning rate (SCAFFOLD's option II).
     plain_sgd: the method assumes plain local SGD (no momentum or weight decay).
   """
@@ -94,6 +98,8 @@ class Entry:
   server_opt_fixed: bool = False
   stateful: bool = False
   federated: bool = True
+  communicates: bool = True
+  extra_uploads: int = 0
   takes_client_lr: bool = False
   plain_sgd: bool = False
 
@@ -121,13 +127,15 @@ ENTRIES: Mapping[str, Entry] = MappingProxyType({
                     "(Jhunjhunwala et al. 2023)",
                     hparams=_params(eps=HParam(1e-3, "step-size damping", strict=True))),
     "scaffold": Entry(scaffold, "SCAFFOLD, option II control variates (Karimireddy et al. 2020)",
-                      stateful=True, takes_client_lr=True, plain_sgd=True),
+                      stateful=True, takes_client_lr=True, plain_sgd=True, extra_uploads=1),
     "feddyn": Entry(feddyn, "FedDyn: dynamic regularization (Acar et al. 2021)",
                     hparams=_params(alpha=HParam(0.01, "regularization", strict=True)),
                     stateful=True),
     "fedbn": Entry(fedbn, "FedBN: BatchNorm layers stay local (Li et al. 2021)", stateful=True),
+    "local": Entry(local_baseline, "every site trains alone on its own data: the baseline",
+                   stateful=True, communicates=False),
     "centralized": Entry(centralized, "pooled training on one model: the baseline",
-                         federated=False),
+                         federated=False, communicates=False),
 })
 
 

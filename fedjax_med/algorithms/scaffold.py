@@ -5,7 +5,10 @@ Learning", ICML 2020, Algorithm 1. Client i corrects each local SGD gradient by
 ``c - c_i``; after K real steps with learning rate ``lr`` its control variate
 becomes ``c_i+ = c_i - c + (x - y_i) / (K lr)`` (option II). The server moves
 ``x`` with its optimizer on the weighted mean of ``x - y_i`` and sets
-``c <- c + (1/N) sum_{i in S} (c_i+ - c_i)`` over the N clients.
+``c <- c + (1/N) sum_{i in S} (c_i+ - c_i)`` over the N clients. Both means are
+uniform over the real sampled clients, as in the paper (with size-weighted model
+deltas and uniform control variates the corrections no longer cancel when
+client sizes differ).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import types
-from fedjax_med.algorithms import base, local
+from fedjax_med.algorithms import aggregate, base, local
 
 
 def scaffold(
@@ -59,5 +62,13 @@ def scaffold(
     control = jax.tree.map(lambda cc, d: cc + d / num_clients, state.server, agg.row_change_sum)
     return agg.pseudo_grad, control
 
-  round_fn = base.federated_round(client_fn, server_optimizer, plan, server_fn)
-  return types.FederatedAlgorithm(base.zeros_init(server_optimizer, plan), round_fn)
+  def diagnostics(state):
+    """``control_norm`` = ||c||; ``client_control_drift_max`` = max_i ||c_i - c|| over all N
+    clients (a client's control variate running away shows here first)."""
+    c, rows = state.server, state.client_state.algorithm
+    drift = aggregate.stacked_norm(jax.tree.map(lambda r, cc: r - cc[None], rows, c))
+    return {"control_norm": aggregate.tree_norm(c), "client_control_drift_max": jnp.max(drift)}
+
+  round_fn = base.federated_round(client_fn, server_optimizer, plan, server_fn, uniform=True)
+  return types.FederatedAlgorithm(base.zeros_init(server_optimizer, plan), round_fn,
+                                  diagnostics=diagnostics)

@@ -59,7 +59,11 @@ def swa(alg: types.FederatedAlgorithm, *, start_round: int, period: int = 1) -> 
     def client_params(state: SWAState, client: int) -> types.Params:
       return alg.client_params(state.inner._replace(params=state.params), client)
 
-  return types.FederatedAlgorithm(init_fn, round_fn, client_params)
+  diagnostics = None
+  if alg.diagnostics is not None:
+    diagnostics = lambda state: alg.diagnostics(state.inner)  # noqa: E731
+
+  return types.FederatedAlgorithm(init_fn, round_fn, client_params, diagnostics)
 
 
 def cyclical_lr(base_lr: float, min_lr: float, *, start_round: int, period: int):

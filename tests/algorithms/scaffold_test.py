@@ -3,9 +3,9 @@
 Client i (from the server model x, with control variates c and c_i):
   y <- y - lr (g_i(y) + c - c_i)                    for each of its K real steps
   c_i+ <- c_i - c + (x - y) / (K lr)                (K = 0: c_i kept)
-Server (eta_g = 1, weights = ClientBatch.weight, normalised):
-  x <- x + sum_i w_i (y_i - x) / sum_i w_i
-  c <- c + (1/N) sum_{i in S} (c_i+ - c_i)         (S = real clients, weight > 0)
+Server (eta_g = 1), uniform over the real sampled clients S (weight > 0), as the paper:
+  x <- x + (1/|S|) sum_{i in S} (y_i - x)
+  c <- c + (1/N) sum_{i in S} (c_i+ - c_i)
 """
 
 import functools
@@ -80,7 +80,7 @@ class ScaffoldReference:
       c_changes.append(jax.tree.map(np.subtract, new_c_i, c_i))
       self.c_i[cid] = new_c_i
       ys.append(y)
-      weights.append(float(clients.weight[row]))
+      weights.append(1.0)  # uniform, whatever the client's size
     mean_step = weighted_average([jax.tree.map(np.subtract, y, self.x) for y in ys], weights)
     self.x = jax.tree.map(np.add, self.x, mean_step)
     self.c = jax.tree.map(lambda cc, *d: cc + sum(d) / N, self.c, *c_changes)
@@ -179,3 +179,18 @@ def test_scaffold_checkpoint_resume_is_exact(tmp_path):
   resumed, _ = round_fn(restored, scaffold_clients(2))
   straight, _ = round_fn(state, scaffold_clients(2))
   chex.assert_trees_all_equal(resumed, straight)
+
+
+def test_scaffold_diagnostics_measure_the_control_variates():
+  alg = make_scaffold()
+  init, round_fn = scaffold_round()
+  state = init(make_params(), jax.random.PRNGKey(0))
+  for r in range(ROUNDS):
+    state, _ = round_fn(state, scaffold_clients(r))
+  got = jax.jit(alg.diagnostics)(state)
+  c = np.concatenate([np.ravel(state.server[k]) for k in ("b", "w")])
+  rows = state.client_state.algorithm
+  drift = [np.linalg.norm(np.concatenate([np.ravel(rows[k][i]) for k in ("b", "w")]) - c)
+           for i in range(N)]
+  np.testing.assert_allclose(float(got["control_norm"]), np.linalg.norm(c), rtol=1e-5)
+  np.testing.assert_allclose(float(got["client_control_drift_max"]), max(drift), rtol=1e-5)
