@@ -14,6 +14,8 @@ from fedjax_med.partition.base import (
     Partition,
     check_labels,
     check_partition,
+    heterogeneity,
+    label_histogram,
     summarize,
 )
 from fedjax_med.partition.dirichlet import dirichlet
@@ -93,7 +95,9 @@ __all__ = [
     "check_labels",
     "check_partition",
     "dirichlet",
+    "heterogeneity",
     "iid",
+    "label_histogram",
     "make_partition",
     "quantity",
     "shards",

@@ -209,6 +209,104 @@ def check_labels(labels: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- summary
 
 
+def label_histogram(partition: Partition, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """[num_clients, num_classes] int64 label counts of each client.
+
+  Args:
+    partition: the partition (covering ``arange(N)``).
+    labels: [N] or [N, 1] class ids, or [N, L] multi-hot labels (then the counts
+      are positives per label).
+    num_classes: the number of classes (histogram width).
+
+  Returns:
+    The histogram; for single-label data its rows sum to ``partition.sizes``.
+
+  Raises:
+    errors.ConfigError: labels out of range or of the wrong shape.
+  """
+  num_classes = check_int("num_classes", num_classes, minimum=1)
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  k = partition.num_clients
+  if labels.ndim == 1:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+      raise errors.ConfigError(
+          f"labels must lie in [0, num_classes={num_classes}), got "
+          f"[{labels.min()}, {labels.max()}]"
+      )
+    owner = np.repeat(np.arange(k, dtype=np.int64), partition.sizes)
+    flat = owner * num_classes + labels[partition.indices].astype(np.int64)
+    hist = np.bincount(flat, minlength=k * num_classes).reshape(k, num_classes)
+  elif labels.ndim == 2 and labels.shape[1] == num_classes:
+    # Segment sums through a cumulative sum (np.add.reduceat mishandles empty clients).
+    csum = np.concatenate(
+        [np.zeros((1, num_classes), np.int64), np.cumsum(labels[partition.indices], 0)]
+    )
+    hist = csum[partition.offsets[1:]] - csum[partition.offsets[:-1]]
+  else:
+    raise errors.ConfigError(
+        f"labels must be [N], [N, 1] or [N, num_classes={num_classes}], got {labels.shape}"
+    )
+  return hist.astype(np.int64)
+
+
+def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+  """The label and quantity skew a partition realizes, as a few scalars.
+
+  A client's label mix is its normalised label histogram (see
+  :func:`label_histogram`); clients with no labels are left out of the label
+  measures.
+
+  Args:
+    partition: the partition (covering ``arange(N)``).
+    labels: [N] or [N, 1] class ids, or [N, L] multi-hot labels.
+    num_classes: the number of classes.
+
+  Returns:
+    A dict of floats: ``label_tv_mean`` and ``label_tv_max``, the mean and largest
+    total-variation distance ``0.5 * sum_k |q_c(k) - p(k)|`` of a client's mix
+    ``q_c`` from the global mix ``p`` (0 = IID, near 1 = disjoint classes);
+    ``effective_classes_mean`` and ``effective_classes_min``, ``exp`` of the
+    entropy of a client's mix (1 for a single-class client, ``num_classes`` for a
+    uniform one); ``global_effective_classes``, the same for ``p`` (what IID
+    clients approach); and ``size_cv``, the coefficient of variation (std / mean)
+    of the client sizes (0 = equal sizes).
+  """
+  return _heterogeneity(label_histogram(partition, labels, num_classes), partition.sizes)
+
+
+def _mixes(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Global mix [K], mixes [M, K] of the M clients with labels, their mask [C], their TV [M]."""
+  global_hist = hist.sum(0)
+  p_global = global_hist / max(global_hist.sum(), 1)
+  totals = hist.sum(1)
+  present = totals > 0
+  p_client = hist[present] / totals[present, None]
+  tv = 0.5 * np.abs(p_client - p_global).sum(1)
+  return p_global, p_client, present, tv
+
+
+def _heterogeneity(hist: np.ndarray, sizes: np.ndarray) -> dict[str, float]:
+  p_global, p_client, _, tv = _mixes(hist)
+  effective = _effective_classes(p_client)
+  mean_size = sizes.mean() if len(sizes) else 0.0
+  return {
+      "label_tv_mean": float(tv.mean()) if len(tv) else 0.0,
+      "label_tv_max": float(tv.max()) if len(tv) else 0.0,
+      "effective_classes_mean": float(effective.mean()) if len(tv) else 0.0,
+      "effective_classes_min": float(effective.min()) if len(tv) else 0.0,
+      "global_effective_classes": float(_effective_classes(p_global[None])[0]),
+      "size_cv": float(sizes.std() / mean_size) if mean_size > 0 else 0.0,
+  }
+
+
+def _effective_classes(p: np.ndarray) -> np.ndarray:
+  """[M] ``exp`` of the entropy of each row of ``p`` [M, K] (with ``0 log 0 = 0``)."""
+  logp = np.log(np.where(p > 0, p, 1.0))
+  return np.exp(-(p * logp).sum(1))
+
+
 def summarize(partition: Partition, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
   """A JSON-serialisable description of a partition and its label skew.
 
@@ -230,52 +328,25 @@ def summarize(partition: Partition, labels: np.ndarray, num_classes: int) -> dic
     per-client lists, summing to ``sizes`` for single-label data),
     ``global_label_histogram``, ``classes_per_client`` (min/median/max/mean of
     the number of classes present), ``label_skew_tv`` (mean TV distance over
-    non-empty clients) and ``label_skew_tv_weighted`` (weighted by size).
+    non-empty clients), ``label_skew_tv_weighted`` (weighted by size) and
+    ``heterogeneity`` (the dict of :func:`heterogeneity`).
   """
-  num_classes = check_int("num_classes", num_classes, minimum=1)
-  labels = np.asarray(labels)
-  if labels.ndim == 2 and labels.shape[1] == 1:
-    labels = labels[:, 0]
+  hist = label_histogram(partition, labels, num_classes)
   sizes = partition.sizes
-  k = partition.num_clients
-  if labels.ndim == 1:
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-      raise errors.ConfigError(
-          f"labels must lie in [0, num_classes={num_classes}), got "
-          f"[{labels.min()}, {labels.max()}]"
-      )
-    owner = np.repeat(np.arange(k, dtype=np.int64), sizes)
-    flat = owner * num_classes + labels[partition.indices].astype(np.int64)
-    hist = np.bincount(flat, minlength=k * num_classes).reshape(k, num_classes)
-  elif labels.ndim == 2 and labels.shape[1] == num_classes:
-    # Segment sums through a cumulative sum (np.add.reduceat mishandles empty clients).
-    csum = np.concatenate(
-        [np.zeros((1, num_classes), np.int64), np.cumsum(labels[partition.indices], 0)]
-    )
-    hist = csum[partition.offsets[1:]] - csum[partition.offsets[:-1]]
-  else:
-    raise errors.ConfigError(
-        f"labels must be [N], [N, 1] or [N, num_classes={num_classes}], got {labels.shape}"
-    )
-  hist = hist.astype(np.int64)
-  global_hist = hist.sum(0)
-  p_global = global_hist / max(global_hist.sum(), 1)
-  totals = hist.sum(1)
-  present = totals > 0
-  p_client = hist[present] / totals[present, None]
-  tv = 0.5 * np.abs(p_client - p_global).sum(1)
+  _, _, present, tv = _mixes(hist)
   tv_weighted = float(np.average(tv, weights=sizes[present])) if sizes[present].sum() else 0.0
   classes = (hist > 0).sum(1)
   return {
-      "num_clients": int(k),
+      "num_clients": int(partition.num_clients),
       "num_examples": int(sizes.sum()),
       "sizes": sizes.tolist(),
       "size_stats": _stats(sizes),
       "label_histogram": hist.tolist(),
-      "global_label_histogram": global_hist.tolist(),
+      "global_label_histogram": hist.sum(0).tolist(),
       "classes_per_client": _stats(classes),
       "label_skew_tv": float(tv.mean()) if len(tv) else 0.0,
       "label_skew_tv_weighted": tv_weighted,
+      "heterogeneity": _heterogeneity(hist, sizes),
   }
 
 

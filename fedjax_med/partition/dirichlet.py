@@ -4,14 +4,49 @@ Two schemes, both with concentration ``alpha`` (small = skewed, large = IID):
 
 - ``method="per_client"`` (default): Hsu, Qi and Brown, "Measuring the effects
   of non-identical data distribution for federated visual classification",
-  2019 (arXiv:1909.06335). Every client gets an equal share of the examples and
-  its own class mix ``q_c ~ Dir(alpha * 1)``; its examples are drawn class by
-  class from what is left of the pool (a class that runs out is dropped from
-  the mix). Works for any number of classes, binary tasks included.
+  2019 (arXiv:1909.06335). Works for any number of classes, binary tasks
+  included. With ``n_k`` examples of class ``k``, ``N = sum_k n_k`` and ``C``
+  clients:
+
+  1. Sizes are equal: ``s_c = N // C``, the first ``N % C`` clients get one more.
+  2. Each client draws its class mix ``q_c ~ Dir(alpha * p)`` around the prior
+     ``p_k = n_k / N`` (the global class frequencies, as in Hsu et al.; classes
+     with ``n_k = 0`` get weight 0). Large ``alpha`` gives ``q_c -> p`` (IID);
+     small ``alpha`` gives clients dominated by one class, that class being ``k``
+     with probability ``p_k``.
+  3. The drawn targets ``T[c, k] = s_c * q_c[k]`` have the right row sums but
+     their class totals ``m_k = sum_c T[c, k]`` differ from ``n_k`` (only their
+     expectation matches). They are rebalanced, not silently truncated: every
+     over-demanded class (``m_k > n_k``) is scaled by ``n_k / m_k`` in every
+     client, and the room ``r_c`` this frees in client ``c`` is filled with the
+     under-demanded classes in proportion to their shortfalls ``n_j - m_j``. Row
+     sums stay ``s_c``, class totals become ``n_k``, and exactly
+     ``sum_k max(m_k - n_k, 0)`` examples move: the least that any allocation
+     with these totals must move away from the targets.
+  4. The real counts are rounded to integers that keep both the row and the
+     class totals exact, each entry to its floor or ceiling: floor every entry,
+     then add 1 to entries in decreasing order of their fractional part (ties by
+     client, then class) while both the client and the class are still short;
+     where that greedy pass gets stuck, augmenting paths (one more here, one
+     fewer there in the same class, ...) complete it.
+  5. Each class's examples, shuffled, are dealt to the clients in those amounts.
+
+  The realized mix of client ``c`` is thus within total-variation distance
+  ``r_c / s_c`` of its drawn ``q_c`` (plus ``O(K / s_c)`` from rounding), and
+  rebalancing only moves examples towards the global mix, so the realized skew
+  is somewhat below the drawn one. Measured over 20 seeds with 10 clients, the
+  mean TV distance from the global mix, realized (drawn), is on PneumoniaMNIST
+  0.30 (0.39) at ``alpha=0.1``, 0.21 (0.27) at 1, 0.088 (0.101) at 10 and 0.010
+  (0.011) at 1000, with 9 %, 8 %, 3 % and 0.3 % of the examples moved; on
+  RetinaMNIST (5 classes) 0.49 (0.68), 0.40 (0.50), 0.18 (0.21), 0.022 (0.022).
+  Below ``alpha ~ 0.1`` the skew saturates: clients are then nearly pure and
+  only which class they hold still varies.
 - ``method="per_class"``: Yurochkin et al. 2019 / Li et al. 2022 (NIID-Bench).
   Each class is split over the clients in proportions ``Dir(alpha * 1)``,
   redrawn until every client has ``min_size`` examples; client sizes vary too.
   With few classes and small ``alpha`` this may find no valid draw.
+
+:func:`fedjax_med.partition.heterogeneity` measures the skew a partition realizes.
 """
 
 from __future__ import annotations
@@ -34,9 +69,11 @@ def dirichlet(
 ) -> base.Partition:
   """Dirichlet label skew (see the module doc for the two ``method`` s).
 
-  Each draw takes ``p[k] ~ Dir(alpha * 1)`` over clients for every class ``k`` and
-  cuts that class's shuffled examples at ``floor(cumsum(p[k]) * n_k)``. Draws are
-  repeated (up to ``max_tries``) until every client has at least ``min_size``
+  ``per_client`` gives equal client sizes and mixes ``Dir(alpha * p)`` around the
+  global class frequencies ``p``, rebalanced so that each class is used exactly.
+  ``per_class``: each draw takes ``p[k] ~ Dir(alpha * 1)`` over clients for every
+  class ``k`` and cuts that class's shuffled examples at
+  ``floor(cumsum(p[k]) * n_k)``. Draws are repeated (up to ``max_tries``) until every client has at least ``min_size``
   examples.
 
   Args:
@@ -95,25 +132,121 @@ def dirichlet(
   return base.Partition.from_assignment(owner, num_clients)
 
 
+def _draw_mix(
+    class_sizes: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+  """[C, K] client class mixes ``q_c ~ Dir(alpha * p)``, ``p`` the global class frequencies.
+
+  Classes absent from the split (``class_sizes[k] == 0``) get weight 0: a Dirichlet
+  parameter must be positive.
+  """
+  present = class_sizes > 0
+  prior = class_sizes[present] / class_sizes.sum()
+  mix = np.zeros((num_clients, len(class_sizes)))
+  mix[:, present] = rng.dirichlet(alpha * prior, size=num_clients)
+  return mix
+
+
+def _rebalance(target: np.ndarray, class_sizes: np.ndarray) -> np.ndarray:
+  """Real [C, K] counts nearest ``target`` with its row sums and column sums ``class_sizes``.
+
+  Over-demanded classes (column sum ``m_k > n_k``) are scaled by ``n_k / m_k`` in
+  every client; the room this frees in client ``c``, ``r_c``, is filled with the
+  under-demanded classes in proportion to their shortfalls ``n_j - m_j``. Only
+  ``sum_k max(m_k - n_k, 0)`` examples move, the least any exact allocation can.
+  """
+  demand = target.sum(0)  # [K]
+  over = demand > class_sizes
+  scale = np.where(over, class_sizes / np.where(over, demand, 1.0), 1.0)
+  counts = target * scale
+  freed = (target - counts).sum(1)  # [C]
+  shortfall = np.where(over, 0.0, class_sizes - demand)
+  if shortfall.sum() > 0:
+    counts += freed[:, None] * (shortfall / shortfall.sum())
+  return counts
+
+
+def _round_counts(counts: np.ndarray, row_sums: np.ndarray, col_sums: np.ndarray) -> np.ndarray:
+  """Integer [C, K] counts with exactly ``row_sums`` and ``col_sums``, near real ``counts``.
+
+  Every entry becomes its floor or its ceiling (controlled rounding): floor all,
+  then round up entries in decreasing order of their fractional part (ties by
+  flat index) while both the row and the column are short. Where that greedy
+  pass gets stuck, augmenting paths (round one entry up, another in its column
+  down, ...) finish the job; the fractional parts are themselves a solution in
+  ``[0, 1)``, so an integral one exists. Only if float error defeats that does a
+  last pass fill the remaining shortage row by row.
+  """
+  counts = np.maximum(counts, 0.0)
+  out = np.floor(counts).astype(np.int64)
+  frac = counts - out
+  row_short = row_sums - out.sum(1)
+  col_short = col_sums - out.sum(0)
+  up = np.zeros(counts.shape, bool)  # entries rounded up
+  num_cols = counts.shape[1]
+  for flat in np.argsort(-frac, axis=None, kind="stable"):
+    c, k = divmod(int(flat), num_cols)
+    if frac[c, k] > 0 and row_short[c] > 0 and col_short[k] > 0:
+      up[c, k] = True
+      row_short[c] -= 1
+      col_short[k] -= 1
+  while row_short.sum() > 0 and _augment(frac > 0, up, row_short, col_short):
+    pass
+  out += up
+  for c in np.flatnonzero(row_short > 0):
+    for k in np.flatnonzero(col_short > 0):
+      add = min(row_short[c], col_short[k])
+      out[c, k] += add
+      row_short[c] -= add
+      col_short[k] -= add
+  return out
+
+
+def _augment(
+    allowed: np.ndarray, up: np.ndarray, row_short: np.ndarray, col_short: np.ndarray
+) -> bool:
+  """Finds one alternating path from a short row to a short column and flips it.
+
+  A breadth-first search over rows and columns: row ``c`` reaches column ``k`` if
+  ``(c, k)`` is allowed and not yet rounded up; column ``k`` reaches row ``r`` if
+  ``(r, k)`` is rounded up (undoing it frees room in ``k``). Updates ``up``,
+  ``row_short`` and ``col_short`` in place; returns False if no path exists.
+  """
+  num_rows, num_cols = up.shape
+  row_from = np.full(num_rows, -2)  # column that reached the row; -1 = start; -2 = unseen
+  col_from = np.full(num_cols, -1)  # row that reached the column; -1 = unseen
+  queue = list(np.flatnonzero(row_short > 0))
+  row_from[queue] = -1
+  while queue:
+    c = queue.pop(0)
+    for k in np.flatnonzero(allowed[c] & ~up[c] & (col_from < 0)):
+      col_from[k] = c
+      if col_short[k] > 0:
+        col_short[k] -= 1
+        while True:  # walk back to the starting row, flipping entries
+          c = col_from[k]
+          up[c, k] = True
+          if row_from[c] == -1:
+            row_short[c] -= 1
+            return True
+          k = row_from[c]
+          up[c, k] = False
+      for r in np.flatnonzero(up[:, k] & (row_from == -2)):
+        row_from[r] = k
+        queue.append(r)
+  return False
+
+
 def _per_client(labels: np.ndarray, num_clients: int, alpha: float, rng) -> base.Partition:
   n = len(labels)
-  class_sizes = np.bincount(labels)
+  class_sizes = np.bincount(labels)  # [K]
   num_classes = len(class_sizes)
-  mix = rng.dirichlet(np.full(num_classes, alpha), size=num_clients)  # [C, K]
-  sizes = np.full(num_clients, n // num_clients)
+  sizes = np.full(num_clients, n // num_clients, np.int64)
   sizes[: n % num_clients] += 1
-  left = class_sizes.copy()
-  counts = np.zeros((num_clients, num_classes), np.int64)
-  for c in rng.permutation(num_clients):  # random order: no client is always last
-    need = sizes[c]
-    while need > 0:
-      p = mix[c] * (left > 0)
-      if p.sum() <= 0:  # its classes ran out: take from what is left, by size
-        p = left.astype(np.float64)
-      take = np.minimum(rng.multinomial(need, p / p.sum()), left)
-      counts[c] += take
-      left -= take
-      need -= take.sum()
+  mix = _draw_mix(class_sizes, num_clients, alpha, rng)  # [C, K]
+  counts = _round_counts(
+      _rebalance(sizes[:, None] * mix, class_sizes.astype(np.float64)), sizes, class_sizes
+  )
   # Deal each class's shuffled examples to clients in the amounts counts[:, k].
   order = np.lexsort((rng.random(n), labels))
   owner = np.empty(n, np.int64)

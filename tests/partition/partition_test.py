@@ -55,16 +55,20 @@ def test_iid_sizes_differ_by_at_most_one():
   assert sorted(p.sizes.tolist()) == [10] * 7 + [11] * 3
 
 
-def test_dirichlet_alpha_controls_skew():
+@pytest.mark.parametrize("method", ["per_client", "per_class"])
+def test_dirichlet_alpha_controls_skew(method):
+  # per_client draws Dir(alpha * p), total concentration alpha; per_class draws
+  # Dir(alpha * 1) over 10 clients, total 10 alpha: its "near IID" alpha is 10x smaller.
   labels = np.repeat(np.arange(NUM_CLASSES), 500)
+  low, high = (0.05, 1000.0) if method == "per_client" else (0.05, 100.0)
   skew = {}
-  for alpha in (0.05, 100.0):
-    p = partition.dirichlet(labels, 10, alpha, seed=0)
+  for alpha in (low, high):
+    p = partition.dirichlet(labels, 10, alpha, seed=0, method=method)
     skew[alpha] = partition.summarize(p, labels, NUM_CLASSES)["label_skew_tv"]
   iid_skew = partition.summarize(partition.iid(len(labels), 10, 0), labels, NUM_CLASSES)
-  assert skew[0.05] > 0.6
-  assert skew[100.0] < 0.1
-  assert abs(skew[100.0] - iid_skew["label_skew_tv"]) < 0.05
+  assert skew[low] > 0.6
+  assert skew[high] < 0.1
+  assert abs(skew[high] - iid_skew["label_skew_tv"]) < 0.05
 
 
 @pytest.mark.parametrize("alpha,min_size", [(0.3, 1), (0.3, 10), (2.0, 30)])
