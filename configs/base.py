@@ -43,7 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.partition = ml_collections.ConfigDict()
   c.partition.kind = "dirichlet"  # iid | dirichlet | shards | quantity
   c.partition.alpha = 0.5  # Dirichlet concentration (smaller = more label skew)
-  # per_client: Hsu et al. 2019, equal sizes, each client's class mix ~ Dir(alpha);
+  # per_client: Hsu et al. 2019, equal sizes, each client's class mix ~ Dir(alpha * p) around
+  # the global class frequencies p, rebalanced so no class runs out (partition/dirichlet.py);
   # per_class: NIID-Bench, each class split over clients ~ Dir(alpha) (sizes vary).
   c.partition.dirichlet_method = "per_client"
   c.partition.min_size = 10  # minimum examples per client

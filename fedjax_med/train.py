@@ -170,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       "model": config.model.name,
       "num_clients": fl.num_clients,
       "clients_per_round": fl.clients_per_round,
-      "heterogeneity": partition.heterogeneity(exp.partition, ds.train.labels, ds.num_classes),
+      "heterogeneity": partition.heterogeneity(exp.sites.train, ds.train.labels, ds.num_classes),
       "local_steps": exp.local_steps,
       "sample_gradients_per_round": fl.clients_per_round * exp.local_steps * fl.batch_size,
       "wall_time_s": time.time() - t_start,

@@ -17,11 +17,12 @@ DATASETS = {
 }
 
 # Label-skew partitions of the training split over fl.num_clients clients.
-# per_client Dirichlet (Hsu et al. 2019): equal sizes, class mix ~ Dir(alpha).
+# per_client Dirichlet (Hsu et al. 2019): equal sizes, class mix ~ Dir(alpha * p), p the global
+# class frequencies (measured skew of each run: summary.json "heterogeneity").
 PARTITIONS = {
     "iid": {"partition.kind": "iid"},
     **{f"a{a:g}": {"partition.kind": "dirichlet", "partition.alpha": a}
-       for a in (0.05, 0.1, 0.5, 1.0, 10.0)},
+       for a in (0.05, 0.1, 0.5, 1.0, 10.0, 1000.0)},
     # quantity skew: IID labels, log-normal client sizes (sigma 1)
     "quantity": {"partition.kind": "quantity", "partition.quantity_kind": "lognormal",
                  "partition.quantity_sigma": 1.0},

@@ -3,7 +3,7 @@
   python launch/sweep.py --study=configs/studies/heterogeneity.py:cpu --jobs=2
   python analysis/study_report.py --study=configs/studies/heterogeneity.py:cpu
 
-Label skew (Dirichlet alpha in {0.05, 0.1, 0.5, 1, 10} and IID), quantity skew
+Label skew (Dirichlet alpha in {0.1, 0.5, 1, 10, 1000} and IID), quantity skew
 (log-normal client sizes) and simulated site feature skew (per-client
 gamma/bias/blur/noise, fedjax_med/data/site_shift.py) for FedAvg, FedProx,
 SCAFFOLD, FedAdam and FedBN. The report gives final test accuracy / AUC,
@@ -29,7 +29,7 @@ from fedjax_med.studies.specs import (
   Target,
 )
 
-LABEL_SKEW = ("a0.05", "a0.1", "a0.5", "a1", "a10", "iid")
+LABEL_SKEW = ("a0.1", "a0.5", "a1", "a10", "a1000", "iid")
 BN_MODEL = {"model.name": "resnet8", "model.norm": "batch"}
 
 
