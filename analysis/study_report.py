@@ -1,13 +1,14 @@
-"""Report of a study sweep: CSV + Markdown tables (mean ± 95% CI over seeds) and PNG figures.
+"""Report of a study sweep: CSV + Markdown tables (mean ± 95% CI, paired tests) and PNG figures.
 
   python analysis/study_report.py --study=configs/studies/heterogeneity.py:cpu \
       [--workdir=runs/studies/heterogeneity/cpu] [--output=docs/results/heterogeneity.md]
 
 Reads every run of the study grid in WORKDIR (the sweep's directory; default
 ``runs/studies/<study>/<preset>``), aggregates over seeds, and writes
-``docs/results/<study>.md`` (default), ``<study>.csv`` next to it and the
-figures into ``docs/results/<study>/``. Incomplete runs are listed, not
-hidden. A missing or bad study file, or a missing sweep directory, exits with code 2
+``docs/results/<study>.md`` (default), next to it ``<study>.csv``,
+``<study>_runs.csv`` (one row per run) and ``<study>_paired.csv`` (paired
+comparisons with a reference, Holm-corrected), and the figures into
+``docs/results/<study>/``. Incomplete runs are listed, not hidden. A missing or bad study file, or a missing sweep directory, exits with code 2
 (fedjax_med/studies/document.py writes the page).
 """
 

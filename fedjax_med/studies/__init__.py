@@ -3,7 +3,7 @@
 A study file (``configs/studies/<name>.py``) builds a typed :class:`Study`
 (``specs``); ``grid`` expands it into runs; ``loader`` loads and checks a
 ``FILE:PRESET``; ``runner`` runs the grid resumably (``launch/sweep.py``);
-``results``, ``stats``, ``tables``, ``figures`` and ``document`` make the report
+``results``, ``stats``, ``tables``, ``paired``, ``figures`` and ``document`` make the report
 (``analysis/study_report.py``).
 """
 
@@ -15,6 +15,7 @@ from fedjax_med.studies.specs import (
   CurveFigure,
   HeatmapFigure,
   LineFigure,
+  Paired,
   Post,
   Relative,
   ReportSpec,
@@ -28,6 +29,7 @@ __all__ = [
     "CurveFigure",
     "HeatmapFigure",
     "LineFigure",
+    "Paired",
     "Post",
     "Relative",
     "ReportSpec",

@@ -1,10 +1,14 @@
-"""The study report: ``docs/results/<study>.md``, ``<study>.csv`` and ``<study>/*.png``.
+"""The study report: ``docs/results/<study>.md``, its CSVs and ``<study>/*.png``.
 
 ``make_report`` collects the sweep's runs (``results.py``), aggregates them over
-seeds (``tables.py``), draws the figures (``figures.py``) and writes one
-Markdown page: what was run and how, the table, the target definition, the
-comparison with a published baseline, loss landscapes, figures and the
-incomplete runs with the reason each stopped.
+seeds (``tables.py``), compares each row with its reference row (``paired.py``),
+draws the figures (``figures.py``) and writes one Markdown page: what was run
+and how, the table, the paired comparisons, the target definition, the
+comparison with a published baseline, loss landscapes, figures, missing metric
+values and the incomplete runs with the reason each stopped. Next to it:
+``<study>.csv`` (the table), ``<study>_runs.csv`` (one row per run) and
+``<study>_paired.csv`` (the comparisons). Every sentence the page generates about
+a difference is conditional on its test.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import os
 import platform
 from collections.abc import Sequence
 
-from fedjax_med.studies import figures, grid, results, tables
-from fedjax_med.studies.specs import Study
+from fedjax_med.studies import figures, grid, paired, results, stats, tables
+from fedjax_med.studies.specs import Paired, Study
 
 STUDY_REPORT = "analysis/study_report.py"  # the CLI the report names in its commands
 
@@ -45,7 +49,10 @@ def _header(study: Study, spec: str, sweep_dir: str, rel: str, complete: int, to
           f"python launch/sweep.py --study={spec} --jobs=2 --workdir={sweep_dir}",
           f"python {STUDY_REPORT} --study={spec} --workdir={sweep_dir}", "```", "",
           "Tables give the mean ± 95% confidence half-width (Student t) over seeds; "
-          f"n = complete runs. CSV: [`{rel}.csv`]({rel}.csv). Wall times come from runs made "
+          "n = complete runs, and `(n=k)` marks a mean over the k runs that have the metric. "
+          f"CSV: [`{rel}.csv`]({rel}.csv) (this table), [`{rel}_runs.csv`]({rel}_runs.csv) "
+          f"(one row per run and seed), [`{rel}_paired.csv`]({rel}_paired.csv) (paired "
+          "comparisons). Wall times come from runs made "
           "with the command above (`--jobs=2`: two runs share the machine), so they compare "
           "within this report only.", ""]
 
@@ -60,20 +67,73 @@ def _target(study: Study) -> list[str]:
           "means over the runs that reached it (*reached* counts them).", ""]
 
 
-def _baseline(study: Study, rows: Sequence[dict], by: Sequence[str]) -> list[str]:
+def _paired(spec: Paired | None, runs: Sequence[results.RunResult], by: Sequence[str],
+            metrics: Sequence[str], order) -> tuple[list[str], list[paired.Comparison]]:
+  """The comparisons section under the table, and the comparisons."""
+  if spec is None:
+    return [], []
+  comparisons = paired.compare(runs, by, spec, paired.metrics_of(spec, metrics), order)
+  if not comparisons:
+    return [], []
+  ref = ", ".join(f"{k}={v}" for k, v in spec.reference.items())
+  return ["### Paired differences against the reference", "",
+          f"Each row is compared with the {ref} row that has its other labels, run by run: "
+          "runs are paired by seed (and every other axis label); *difference* is the mean "
+          "over pairs of row − reference ± the 95% Student-t half-width; *paired t p* and "
+          "*Wilcoxon p* (signed-rank, zero differences dropped, exact for small n) are "
+          "two-sided; *Holm p* adjusts the t-test p-values for all tested comparisons of this "
+          f"table (Holm–Bonferroni step-down); a row is significant when Holm p ≤ {spec.alpha:g}. "
+          "*pairs* counts the pairs used and, in brackets, runs without a same-seed partner "
+          "(unpaired) and pairs without the metric (missing). With 3 seeds the exact Wilcoxon "
+          "p-value cannot go below 0.25, and only large, consistent differences survive Holm.",
+          "", paired.to_markdown(comparisons, by, spec.alpha), "",
+          paired.summary(comparisons, spec.alpha), ""], comparisons
+
+
+def _baseline(study: Study, runs: Sequence[results.RunResult], by: Sequence[str]) -> list[str]:
+  """Our runs against a published number: one-sample t-tests of the seeds against it,
+  Holm-corrected over ACC and AUC; a difference is called one only when significant."""
   paper = study.report.baseline
   if not paper:
     return []
   where = {k: v for k, v in paper.where.items() if k in by}
-  ours = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+  ours = results.select(runs, where)
   if not ours:
     return []
-  acc, auc = ours[0]["test.accuracy"], ours[0]["test.auc"]
+  published = {"test.accuracy": paper.accuracy, "test.auc": paper.auc}
+  tests = {m: stats.paired_test([v - x for r in ours if (v := r.metrics.get(m)) is not None])
+           for m, x in published.items()}
+  tested = [m for m, t in tests.items() if t.t_p is not None]
+  holm = dict(zip(tested, stats.holm([tests[m].t_p for m in tested]), strict=True))
+  parts = []
+  for m, name in (("test.accuracy", "ACC"), ("test.auc", "AUC")):
+    t, p = tests[m], holm.get(m)
+    if t.n == 0:
+      parts.append(f"{name}: no complete run")
+    elif p is not None and p <= 0.05:
+      parts.append(f"{name} {t.mean:+.3f} ± {t.ci:.3f} (one-sample t-test, Holm p "
+                   f"{paired.fmt_p(p)}: significant at 0.05)")
+    else:
+      why = f"Holm p {paired.fmt_p(p)}: not significant" if p is not None else (
+          f"no test: {t.note}")
+      parts.append(f"{name} {t.mean:+.3f} ({why}; no difference is claimed)")
+  ours_txt = ", ".join(f"{k}={v}" for k, v in where.items())
+  acc, auc = (tables.fmt(stats.mean_ci([r.metrics.get(m) for r in ours])) for m in published)
   return ["## Against the published baseline", "",
-          f"{paper.source}: ACC {paper.accuracy:.3f}, AUC {paper.auc:.3f}. "
-          f"Ours ({', '.join(f'{k}={v}' for k, v in where.items())}): "
-          f"ACC {tables.fmt(acc)}, AUC {tables.fmt(auc)}; difference "
-          f"{acc[0] - paper.accuracy:+.3f} ACC, {auc[0] - paper.auc:+.3f} AUC.", ""]
+          f"{paper.source}: ACC {paper.accuracy:.3f}, AUC {paper.auc:.3f}. Ours ({ours_txt}, "
+          f"{len(ours)} seeds): ACC {acc}, AUC {auc}. "
+          f"Ours − published: {'; '.join(parts)}. The published number is taken as exact "
+          "(its own seed spread is not known here).", ""]
+
+
+def _missing(runs: Sequence[results.RunResult], metrics: Sequence[str]) -> list[str]:
+  counts = tables.missing(runs, metrics)
+  if not counts:
+    return []
+  return ["## Missing metric values", "",
+          "Complete runs whose `summary.json` lacks a reported metric (left out of its means "
+          "and pairs; for `target.*`: runs that never reached the target).", "",
+          *[f"- `{m}`: missing in {k} of {n} complete runs" for m, (k, n) in counts.items()], ""]
 
 
 def _landscape(land_md: str) -> list[str]:
@@ -108,7 +168,8 @@ def _incomplete(runs: Sequence[results.RunResult], sweep_dir: str) -> list[str]:
 
 def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
                 plots_ok: bool = True) -> dict:
-  """Writes ``out_md``, ``<stem>.csv`` and ``<stem>/*.png``.
+  """Writes ``out_md``, ``<stem>.csv``, ``<stem>_runs.csv``, ``<stem>_paired.csv`` and
+  ``<stem>/*.png``.
 
   Args:
     study: the study.
@@ -118,8 +179,8 @@ def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
     plots_ok: draw figures (matplotlib is installed).
 
   Returns:
-    ``{"rows", "figures", "complete", "total"}``: the table rows, the
-    ``(title, file)`` of each figure, complete and total run counts.
+    ``{"rows", "comparisons", "figures", "complete", "total"}``: the table rows, the
+    paired comparisons, the ``(title, file)`` of each figure, complete and total run counts.
   """
   runs = results.collect(study, sweep_dir)
   rep = study.report
@@ -129,10 +190,15 @@ def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
   if rep.relative and "relative.drop" not in metrics:
     metrics += ["relative.accuracy", "relative.drop"]
   rows = tables.aggregate(runs, by, metrics, order)
+  paired_md, comparisons = _paired(rep.paired_spec(), runs, by, metrics, order)
   stem = os.path.splitext(out_md)[0]
   os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
-  with open(stem + ".csv", "w") as f:
-    f.write(tables.to_csv(rows, by, metrics))
+  run_metrics = list(dict.fromkeys(metrics + [c.metric for c in comparisons]))
+  for suffix, text in ((".csv", tables.to_csv(rows, by, metrics)),
+                       ("_runs.csv", tables.runs_to_csv(runs, list(order), run_metrics)),
+                       ("_paired.csv", paired.to_csv(comparisons, by))):
+    with open(stem + suffix, "w") as f:
+      f.write(text)
   written, land_md = [], ""
   if plots_ok:
     os.makedirs(stem, exist_ok=True)
@@ -142,10 +208,11 @@ def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
   complete = sum(r.complete for r in runs)
   rel = os.path.basename(stem)
   doc = (_header(study, spec, sweep_dir, rel, complete, len(runs)) + _target(study) +
-         ["## Results", "", tables.to_markdown(rows, by, metrics), ""] +
-         _baseline(study, rows, by) + _landscape(land_md) + _figures(written, rel) +
-         _incomplete(runs, sweep_dir))
+         ["## Results", "", tables.to_markdown(rows, by, metrics), ""] + paired_md +
+         _baseline(study, runs, by) + _landscape(land_md) + _figures(written, rel) +
+         _missing(runs, run_metrics) + _incomplete(runs, sweep_dir))
   with open(out_md + ".tmp", "w") as f:
     f.write("\n".join(doc))
   os.replace(out_md + ".tmp", out_md)
-  return {"rows": rows, "figures": written, "complete": complete, "total": len(runs)}
+  return {"rows": rows, "comparisons": comparisons, "figures": written, "complete": complete,
+          "total": len(runs)}

@@ -70,7 +70,7 @@ def _metric_data(fig: BarFigure | LineFigure, study: Study, sel: Sequence[RunRes
       if vals:
         groups[c or m] = vals
     if groups:
-      data[tables.LABELS.get(m, m)] = groups
+      data[tables.label(m)] = groups
   return data, xorder
 
 
@@ -110,7 +110,7 @@ def _heatmap(fig: HeatmapFigure, study: Study, sel: Sequence[RunResult], path: s
     for b, cl in enumerate(cols):
       values[a, b] = mean_ci([r.metrics.get(metric) for r in sel
                               if r.axes.get(fig.rows) == rl and r.axes.get(fig.cols) == cl])[0]
-  title = tables.LABELS.get(metric, metric)
+  title = tables.label(metric)
   plots.heatmap(path, rows, cols, values, title)
   return title
 

@@ -1,6 +1,10 @@
 """A sweep's runs as flat metrics: ``collect(study, sweep_dir)`` -> :class:`RunResult` list.
 
-Each run's ``summary.json`` and ``metrics.jsonl`` become flat metric dicts:
+Each run's ``summary.json`` and ``metrics.jsonl`` become flat metric dicts. Every
+numeric leaf of ``summary.json`` is kept under its dotted path (except ``engine``, and
+``clients.accuracy`` / ``clients.model``), so a report can name any nested field, e.g.
+``selected.best_val.test.balanced_accuracy`` or ``heterogeneity.label_tv_mean``; a
+field a run lacks (or that is None, a string or a list) is simply absent. Among them:
 
 - ``test.accuracy``, ``test.auc``, ``test.loss`` (and ``val.*``) at the last round,
 - ``clients.worst`` / ``clients.mean`` / ``clients.p10`` (fedjax_med/client_eval.py),

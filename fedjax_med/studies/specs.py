@@ -173,6 +173,36 @@ class Relative:
 
 
 @dataclasses.dataclass(frozen=True)
+class Paired:
+  """Paired comparisons of every table row with its reference row (``fedjax_med/studies/paired.py``).
+
+  A table row is compared with the row that has the ``reference`` labels on the
+  reference axes and the same labels on the other table axes (the comparison
+  stays within the groups those other axes form). Runs are paired by seed and by
+  every other non-reference axis label; a run with no partner is left out and counted.
+
+  Attributes:
+    reference: axis -> label of the reference runs; the axes must be table axes.
+    where: only compare table rows with these labels (empty: every row).
+    metrics: the metrics compared (None: the table's, without ``relative.*``, which
+      are already relative to a same-seed reference).
+    alpha: the family-wise error rate of the Holm correction over the table's comparisons.
+  """
+
+  reference: Mapping[str, str]
+  where: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  metrics: tuple[str, ...] | None = None
+  alpha: float = 0.05
+
+  def __post_init__(self):
+    _as_tuple(self, "metrics")
+    if not self.reference:
+      raise ValueError("Paired.reference must name at least one axis and its reference label")
+    if not 0 < self.alpha < 1:
+      raise ValueError(f"Paired.alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Baseline:
   """A published result to compare the table row picked by ``where`` with."""
 
@@ -192,6 +222,9 @@ class ReportSpec:
     target: fills ``target.*`` (rounds, time, MB to a fraction of a reference accuracy).
     relative: adds ``relative.accuracy`` and ``relative.drop`` columns.
     baseline: a published number to compare with.
+    paired: the reference of the paired comparisons under the table (None: the
+      ``target`` reference, else the ``relative`` reference, else no comparisons;
+      see :meth:`paired_spec`).
     figures: the plots, in order.
   """
 
@@ -200,6 +233,7 @@ class ReportSpec:
   target: Target | None = None
   relative: Relative | None = None
   baseline: Baseline | None = None
+  paired: Paired | None = None
   figures: tuple[Figure, ...] = ()
 
   def __post_init__(self):
@@ -212,10 +246,27 @@ class ReportSpec:
       if isinstance(fig, HeatmapFigure) and fig.relative and self.relative is None:
         raise ValueError(f"ReportSpec.figures[{i}]: HeatmapFigure(relative=True) needs "
                          "ReportSpec(relative=Relative(...))")
-    for name, cls in (("target", Target), ("relative", Relative), ("baseline", Baseline)):
+    for name, cls in (("target", Target), ("relative", Relative), ("baseline", Baseline),
+                      ("paired", Paired)):
       value = getattr(self, name)
       if value is not None and not isinstance(value, cls):
         raise TypeError(f"ReportSpec.{name} must be a {cls.__name__}, got {value!r}")
+    if self.paired and not self._tabulated(self.paired.reference):
+      raise ValueError(f"ReportSpec.paired: the reference axes {sorted(self.paired.reference)} "
+                       f"must be table axes {list(self.table)}")
+
+  def _tabulated(self, axes) -> bool:
+    return not self.table or set(axes) <= set(self.table)
+
+  def paired_spec(self) -> Paired | None:
+    """The paired comparisons' spec: ``paired``, else one built from the reference the
+    study already names (``target.reference``, else ``relative``) when its axes are
+    table axes, else None (no comparisons)."""
+    if self.paired is not None:
+      return self.paired
+    named = ([dict(self.target.reference)] if self.target else []) + (
+        [{self.relative.axis: self.relative.reference}] if self.relative else [])
+    return next((Paired(reference=ref) for ref in named if self._tabulated(ref)), None)
 
 
 @dataclasses.dataclass(frozen=True)
