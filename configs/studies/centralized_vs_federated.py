@@ -16,7 +16,7 @@ full: ResNet-18 (the MedMNIST v2 baseline architecture, GroupNorm for FedAvg),
 """
 
 from configs.studies import common
-from fedjax_med.studies.specs import Baseline, CurveFigure, ReportSpec, Study, Target
+from fedjax_med.studies.specs import Baseline, CurveFigure, Paired, ReportSpec, Study, Target
 
 
 def get_study(preset: str = "cpu") -> Study:
@@ -39,8 +39,15 @@ def get_study(preset: str = "cpu") -> Study:
       report=ReportSpec(
           table=("data", "setting"),
           target=Target(reference={"setting": "centralized"}, fraction=0.95),
-          metrics=("test.accuracy", "test.auc", "clients.worst", "target.round",
-                   "target.elapsed_s", "target.mb_up", "total_mb_up", "wall_time_s"),
+          metrics=("selected.best_val.test.balanced_accuracy", "selected.best_val.test.auc",
+                   "test.accuracy", "sites.balanced_accuracy.mean",
+                   "sites.balanced_accuracy.worst", "heterogeneity.label_tv_mean",
+                   "target.round", "target.elapsed_s", "target.mb_up", "total_mb_up",
+                   "wall_time_s"),
+          paired=Paired(reference={"setting": "centralized"},
+                        metrics=("selected.best_val.test.balanced_accuracy",
+                                 "selected.best_val.test.auc",
+                                 "sites.balanced_accuracy.worst")),
           figures=(CurveFigure(x="round", color="setting", panel="data"),
                    CurveFigure(x="elapsed_s", color="setting", panel="data")),
           baseline=Baseline(where={"data": "pneumonia", "setting": "centralized"},

@@ -7,7 +7,11 @@ numeric leaf of ``summary.json`` is kept under its dotted path (except ``engine`
 field a run lacks (or that is None, a string or a list) is simply absent. Among them:
 
 - ``test.accuracy``, ``test.auc``, ``test.loss`` (and ``val.*``) at the last round,
-- ``clients.worst`` / ``clients.mean`` / ``clients.p10`` (fedjax_med/client_eval.py),
+- ``selected.best_val.test.*`` / ``selected.last3.test.*``: validation-selected and
+  last-three-mean test metrics; ``sites.<metric>.{mean,worst,spread}``: every site on its
+  own held-out share; ``heterogeneity.*``: the measured skew of the partition,
+- ``clients.worst`` / ``clients.mean`` / ``clients.p10``: runs made before the per-site
+  shares (the pooled test split reweighted to each client's label mix),
 - ``analysis.*``: the last sharpness record in ``metrics.jsonl`` (``config.analysis``),
 - ``gap.loss``: test loss minus the analysis subset's (training) loss,
 - ``total_bytes_up`` / ``total_mb_up``, ``wall_time_s``, ``rounds_completed``,

@@ -20,8 +20,10 @@ Overrides = Mapping[str, Any]  # dotted config key -> value
 Grid = Mapping[str, Mapping[str, Overrides]]  # axis -> label -> overrides
 AxisLabels = tuple[tuple[str, str | None], ...]  # (axis, label or None = any label)
 
-DEFAULT_METRICS = ("test.accuracy", "test.auc", "clients.worst", "target.round",
-                   "total_mb_up", "wall_time_s")
+# Test metrics of the validation-selected evaluation, the worst site on its own held-out
+# share, and cost (fedjax_med/train.py: summary.json "selected", "sites").
+DEFAULT_METRICS = ("selected.best_val.test.balanced_accuracy", "selected.best_val.test.auc",
+                   "sites.balanced_accuracy.worst", "target.round", "total_mb_up", "wall_time_s")
 # x of a CurveFigure -> axis title; bytes are plotted in MB.
 CURVE_X = {"round": "round", "elapsed_s": "wall time (s)", "bytes_up": "MB uploaded"}
 

@@ -160,7 +160,7 @@ def test_nested_summary_fields_are_metrics(tmp_path):
   big = rows[1]
   assert (big["data"], big["alg"]) == ("d1", "big") and big[NESTED][2] == 4
   md = tables.to_markdown(rows, ["data", "alg"], METRICS)
-  assert "selected.best_val.test bal. acc" in md and "sites.worst bal. acc" in md
+  assert "test bal. acc (best val)" in md and "sites.worst bal. acc" in md
   assert " (n=4) |" in md.splitlines()[3]  # the d1/big row: 4 of its 5 runs have the field
   assert tables.missing(list(by_name.values()), METRICS) == {
       NESTED: (1, 29), "heterogeneity.label_tv_mean": (1, 29)}
