@@ -14,6 +14,7 @@ BASE = "configs/quickstart.py"
 DATASETS = {
     "pneumonia": {"data.name": "pneumoniamnist"},
     "breast": {"data.name": "breastmnist"},
+    "retina": {"data.name": "retinamnist"},  # RGB, 5 ordinal grades: the harder task
 }
 
 # Label-skew partitions of the training split over fl.num_clients clients.

@@ -202,6 +202,9 @@ STUDIES = ("centralized_vs_federated", "heterogeneity", "architectures",
 PRESET_STUDIES = ("comm_presets", "local_step_presets", "algorithm_presets")
 
 
+FIVE_SEED_STUDIES = {"centralized_vs_federated"}
+
+
 def config_has_key(config, dotted: str) -> bool:
   node = config
   for part in dotted.split("."):
@@ -224,9 +227,11 @@ def test_real_studies_load_and_expand(name, preset):
     bad = [k for k in r.overrides if not config_has_key(config, k)]
     assert not bad, f"{name}:{preset} run {r.name}: unknown config keys {bad}"
   if preset == "cpu" and name in STUDIES:
-    assert tuple(study.seeds) == (0, 1, 2)
+    # The evidence protocol asks for >= 5 seeds; the studies not yet re-sized for it
+    # (their cpu budget) still run 3 and their reports say they are pilots.
+    assert len(study.seeds) >= (5 if name in FIVE_SEED_STUDIES else 3)
     datasets = {r.overrides.get("data.name", "pneumoniamnist") for r in runs}
-    assert datasets <= {"pneumoniamnist", "breastmnist"}, datasets
+    assert datasets <= {"pneumoniamnist", "breastmnist", "retinamnist"}, datasets
   for p in study.post:  # post steps read runs of the grid
     assert set(p.needs) <= {r.name for r in runs}, p.name
 
