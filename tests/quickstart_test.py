@@ -38,4 +38,8 @@ def test_centralized_counterpart_spends_the_same_sample_gradients():
   assert per_round(fed) == per_round(central)
   assert fed.fl.rounds == central.fl.rounds and fed.model.name == central.model.name
   assert fed.data.augment == central.data.augment
-  assert central.algorithm.name == "centralized" and central.fl.num_clients == 1
+  assert central.algorithm.name == "centralized" and central.fl.clients_per_round == 1
+  # The same sites (partition and held-out shares) as the federated run: pooled for training.
+  assert central.fl.num_clients == fed.fl.num_clients
+  assert central.partition.to_dict() == fed.partition.to_dict()
+  assert central.eval.site_holdout == fed.eval.site_holdout
