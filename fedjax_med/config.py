@@ -32,6 +32,19 @@ DEPRECATED = {
     "algorithm.feddyn_alpha": ("algorithm.feddyn.alpha",),
     "algorithm.server_eps": ("fl.server_eps",),
 }
+PROGRESS = ("auto", "bar", "lines", "none")
+# Host memory a round's stacked client batch or one eval batch may take; larger is
+# almost surely a typo (and would fail with a MemoryError after output was written).
+MAX_BATCH_BYTES = 8 * 2**30
+
+
+def check_batch_bytes(key: str, value, batch_bytes: int) -> None:
+  """Raises ``ConfigError`` if a batch of ``batch_bytes`` would exceed ``MAX_BATCH_BYTES``."""
+  _check(batch_bytes <= MAX_BATCH_BYTES, key, value,
+         f"one batch would take {batch_bytes / 2**30:.1f} GiB of host memory (limit "
+         f"{MAX_BATCH_BYTES / 2**30:.0f} GiB); use a smaller value")
+
+
 # eval.select_on -> True if larger is better (the validation metric that selects the model).
 SELECT_ON = {"auc": True, "balanced_accuracy": True, "accuracy": True, "loss": False}
 # fl.<key> -> field of the registry's ServerDefaults used when the key is unset (None).
@@ -113,6 +126,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(name in algorithm_registry.ENTRIES, "algorithm.name", name,
          f"choose one of {list(algorithm_registry.ENTRIES)}")
   entry = algorithm_registry.get(name)
+  _check(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", config.seed,
+         "must be an integer in [0, 2**31)")
+  _check(config.log.progress in PROGRESS, "log.progress", config.log.progress,
+         f"choose one of {PROGRESS}")
   _check(config.data.name in registry.DATASETS, "data.name", config.data.name,
          f"choose one of {sorted(registry.DATASETS)}")
   _check(config.data.size in registry.SIZES, "data.size", config.data.size,

@@ -29,6 +29,7 @@ from fedjax_med import (
   compression,
   data,
   engine,
+  errors,
   evaluation,
   models,
   optimizers,
@@ -168,6 +169,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
     local_steps = batching.epoch_steps(train_part.sizes, fl.batch_size, fl.local_epochs)
     log.info("%g local epochs: S = %d steps (largest client)", fl.local_epochs, local_steps)
+  image_bytes = int(np.prod(ds.image_shape)) * ds.train.images.dtype.itemsize
+  config_lib.check_batch_bytes(
+      "fl.local_epochs" if fl.local_epochs > 0 else "fl.batch_size",
+      fl.local_epochs or fl.batch_size,
+      fl.clients_per_round * local_steps * fl.batch_size * image_bytes)
+  config_lib.check_batch_bytes("eval.batch_size", config.eval.batch_size,
+                               config.eval.batch_size * image_bytes)
   evaluator = evaluation.Evaluator(model, ds, sites.test, batch_size=config.eval.batch_size)
   # Bytes on the wire per round, exact from the shapes and dtypes sent: every
   # sampled client downloads the model and uploads its (compressed) update.
@@ -180,6 +188,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     per_client += entry.extra_uploads * compression.upload_bits(None, shapes)
     up = fl.clients_per_round * per_client // 8
     down = fl.clients_per_round * compression.model_bits(shapes) // 8
-  return Experiment(config, ds, train_part, sites, eng, model, loss_fn, plan,
-                    make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,
-                    up, down)
+  exp = Experiment(config, ds, train_part, sites, eng, model, loss_fn, plan,
+                   make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,
+                   up, down)
+  try:  # trace init now (shapes only): what the model cannot do is an input error
+    jax.eval_shape(exp.initial_state)
+  except ValueError as e:
+    raise errors.ConfigError(
+        f"invalid --config.algorithm.name={config.algorithm.name!r} with --config.model.name="
+        f"{config.model.name!r}: {e}") from None
+  return exp

@@ -10,6 +10,8 @@ binary tasks, the mean of one-vs-rest AUCs for multi-class ones.
 # No ``from __future__ import annotations``: clu reads the metric classes from
 # the dataclass annotations at runtime.
 import json
+import logging
+import math
 import os
 import tempfile
 
@@ -67,14 +69,27 @@ def auc(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def to_jsonable(value):
-  """Numpy/JAX scalars and arrays -> plain Python for json.dumps."""
+  """Numpy/JAX scalars and arrays -> plain Python for json.dumps; NaN and +-inf -> None.
+
+  JSON has no non-finite numbers (``json.dumps`` would write bare ``NaN``, which
+  strict parsers reject): they become ``null``; ``JsonlWriter`` also lists the
+  affected fields under ``"nonfinite"``.
+  """
   if isinstance(value, dict):
     return {k: to_jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [to_jsonable(v) for v in value]
   if hasattr(value, "tolist"):
-    return value.tolist()
+    return to_jsonable(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
   return value
+
+
+def nonfinite_fields(record: dict) -> list[str]:
+  """Top-level numeric fields of ``record`` that are NaN or infinite."""
+  return sorted(k for k, v in record.items()
+                if isinstance(v, (float, np.floating)) and not math.isfinite(float(v)))
 
 
 def write_json_atomic(path, obj) -> None:
@@ -89,7 +104,7 @@ def write_json_atomic(path, obj) -> None:
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+      json.dump(to_jsonable(obj), f, indent=2, sort_keys=True, allow_nan=False)
       f.write("\n")
       f.flush()
       os.fsync(f.fileno())
@@ -101,11 +116,11 @@ def write_json_atomic(path, obj) -> None:
 
 
 class JsonlWriter:
-  """Appends one JSON object a line to ``metrics.jsonl``.
+  """Appends one strict-JSON object a line to ``metrics.jsonl``.
 
   On resume, ``truncate_after(round)`` drops records of rounds that the
-  restored checkpoint had not reached, so a resumed run's log equals an
-  uninterrupted one.
+  restored checkpoint had not reached (and a line torn by a kill), so a resumed
+  run's log equals an uninterrupted one.
   """
 
   def __init__(self, path: str):
@@ -114,21 +129,33 @@ class JsonlWriter:
   def truncate_after(self, last_round: int) -> None:
     if not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-    kept = [r for r in records if r.get("round", 0) <= last_round]
+    kept = [r for r in read_jsonl(self.path) if r.get("round", 0) <= last_round]
     tmp = f"{self.path}.tmp"
     with open(tmp, "w") as f:
       for r in kept:
-        f.write(json.dumps(r, sort_keys=True) + "\n")
+        f.write(json.dumps(r, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, self.path)
 
   def write(self, record: dict) -> None:
+    bad = nonfinite_fields(record)
+    if bad:
+      record = {**record, "nonfinite": bad}
     with open(self.path, "a") as f:
-      f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
+      f.write(json.dumps(to_jsonable(record), sort_keys=True, allow_nan=False) + "\n")
       f.flush()
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """The records of a JSONL file; a line that does not parse (torn by a kill) is skipped
+  with a warning."""
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        logging.getLogger(__name__).warning("%s line %d is not JSON (torn write?); skipped",
+                                            path, i)
+  return records

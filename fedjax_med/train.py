@@ -21,11 +21,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from fedjax_med import batching, checkpoint, experiment, metrics, partition, sharding, types
 from fedjax_med import config as config_lib
+from fedjax_med import workdir as workdir_lib
 from fedjax_med.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -57,19 +59,30 @@ class _Progress:
       self.bar.close()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types.ServerState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, fresh: bool = False
+) -> types.ServerState:
   """Trains per ``config``, writing logs and checkpoints to ``workdir``; resumes from it.
 
+  A workdir holding a run of another config is refused (``workdir.check_identity``)
+  unless ``fresh``, which deletes that run first; the workdir is locked for the run.
+
   Raises:
-    ConfigError / DataError: bad input (nothing written to ``workdir`` yet).
+    ConfigError / DataError / WorkdirError: bad input (nothing written to ``workdir`` yet).
     NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
   """
   t_start = time.time()
   exp = experiment.build(config)
-  config, ds, fl = exp.config, exp.dataset, exp.config.fl
+  if not fresh:
+    workdir_lib.check_identity(workdir, exp.config.to_dict())
+  with workdir_lib.Lock(workdir):
+    if fresh:
+      workdir_lib.clear(workdir)
+    return _train(exp, workdir, t_start)
 
-  # Inputs are valid: only now touch the workdir.
-  os.makedirs(workdir, exist_ok=True)
+
+def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.ServerState:
+  config, ds, fl = exp.config, exp.dataset, exp.config.fl
   metrics.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
   metrics.write_json_atomic(
       os.path.join(workdir, "partition.json"),
@@ -107,6 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
                                    stop=fl.rounds)
   round_fn = sharding.jit_round(exp.algorithm.round, mesh)
   diagnose = exp.algorithm.diagnostics and jax.jit(exp.algorithm.diagnostics)
+  state_finite = jax.jit(_all_finite)
   analysis_fn = _make_analysis_fn(config, exp.model, ds)
   progress = _Progress(config.log.progress, fl.rounds, start)
   first_round_s = None
@@ -120,11 +134,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> types
       train_loss = _mean_loss(m)
       if first_round_s is None:
         first_round_s = time.time() - t_start
-      if not math.isfinite(train_loss):
+      # The loss is measured before each step: check the new state too, so that a
+      # non-finite model is never evaluated or saved.
+      what = (f"training loss ({train_loss})" if not math.isfinite(train_loss) else
+              None if bool(state_finite(state)) else "model or optimizer state")
+      if what:
+        last = ckpt.latest_round()
+        kept = (f"The last good checkpoint (round {last}) is kept in {ckpt.directory}."
+                if last is not None else "No checkpoint had been saved yet.")
         raise NonFiniteLossError(
-            f"non-finite training loss ({train_loss}) in round {r + 1}; stopped. The last good "
-            f"checkpoint (round {ckpt.latest_round()}) is kept in {ckpt.directory}. Lower "
-            "--config.fl.client_lr or --config.fl.server_lr and rerun in a new workdir."
+            f"non-finite {what} in round {r + 1}; stopped. {kept} Lower --config.fl.client_lr "
+            "or --config.fl.server_lr and rerun with --fresh or in a new workdir."
         )
       real = host_batch.weight > 0
       writer.write({
@@ -206,7 +226,11 @@ def select(records: list[dict], metric: str) -> dict:
   val = {r["round"]: r for r in records if r["split"] == "val"}
   test = {r["round"]: r for r in records if r["split"] == "test"}
   rounds = sorted(set(val) & set(test))
-  best = max(rounds, key=lambda r: (val[r][metric] if larger else -val[r][metric], -r))
+  def score(r: int) -> float:  # an undefined value (null: NaN AUC) never wins
+    v = val[r].get(metric)
+    return -math.inf if v is None else (v if larger else -v)
+
+  best = max(rounds, key=lambda r: (score(r), -r))
   last = rounds[-3:]
 
   def at(rs: dict, r: int) -> dict:
@@ -214,13 +238,20 @@ def select(records: list[dict], metric: str) -> dict:
 
   def mean(rs: dict) -> dict:
     return {k: float(np.mean([rs[r][k] for r in last]))
-            for k in SCALARS if all(k in rs[r] for r in last)}
+            for k in SCALARS if all(rs[r].get(k) is not None for r in last)}
 
   return {
       "metric": metric,
       "best_val": {"round": best, "val": at(val, best), "test": at(test, best)},
       "last3": {"rounds": last, "val": mean(val), "test": mean(test)},
   }
+
+
+def _all_finite(tree) -> jax.Array:
+  """True if every floating leaf of ``tree`` is finite (params, optimizer and client state)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _mean_loss(m: types.RoundMetrics) -> float:

@@ -17,6 +17,9 @@ from ml_collections import config_flags  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for config, metrics, summary and checkpoints.")
+flags.DEFINE_bool("fresh", False, "Delete the run already in --workdir (config.json, metrics, "
+                  "summary, checkpoints) and start over; without it a rerun resumes, and a "
+                  "different config is refused.")
 
 
 def _fail(message: str, code: int) -> None:
@@ -53,7 +56,7 @@ def main(argv):
 
   cli.setup_logging()
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir, fresh=FLAGS.fresh)
   except errors.UserError as e:
     _fail(str(e), 2)
   except errors.NonFiniteLossError as e:
