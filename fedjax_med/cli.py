@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 _NOISY = ("absl", "jax", "orbax", "orbax.checkpoint", "etils")
 
 
+class _TqdmHandler(logging.Handler):
+  """Writes through ``tqdm.write`` so that log lines never glue onto a progress bar."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    try:
+      import tqdm
+
+      tqdm.tqdm.write(self.format(record), file=sys.stderr)
+    except Exception:  # noqa: BLE001 - logging must not raise
+      self.handleError(record)
+
+
 def setup_logging() -> None:
-  """INFO lines with a time stamp; JAX/orbax/absl chatter only from WARNING up."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+  """One format for every entry point: INFO lines with a time stamp, through ``tqdm.write``
+  (replacing absl's handler under ``app.run``); JAX/orbax/absl chatter only from WARNING up."""
+  handler = _TqdmHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+  root = logging.getLogger()
+  root.handlers[:] = [handler]
+  root.setLevel(logging.INFO)
   for name in _NOISY:
     logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -159,3 +159,32 @@ def read_jsonl(path: str) -> list[dict]:
         logging.getLogger(__name__).warning("%s line %d is not JSON (torn write?); skipped",
                                             path, i)
   return records
+
+
+class EventWriter:
+  """TensorBoard event files (``tensorboardX``, no TensorFlow) mirroring ``metrics.jsonl``.
+
+  Every numeric field of a record goes to ``<split>/<field>`` at step ``round``
+  (``train/loss``, ``test/balanced_accuracy``, ``analysis/lambda_max``...);
+  ``text(tag, value)`` stores e.g. the resolved config. A resumed run appends a
+  new event file; TensorBoard shows the latest value of a repeated step.
+  """
+
+  def __init__(self, directory: str):
+    import tensorboardX  # imported here: only the trainer writes events
+
+    self._writer = tensorboardX.SummaryWriter(directory)
+
+  def write(self, record: dict) -> None:
+    split, step = record.get("split", "train"), int(record.get("round", 0))
+    for key, value in record.items():
+      if key in ("round", "split") or isinstance(value, bool):
+        continue
+      if isinstance(value, (int, float, np.number)) and math.isfinite(float(value)):
+        self._writer.add_scalar(f"{split}/{key}", float(value), step)
+
+  def text(self, tag: str, value: str) -> None:
+    self._writer.add_text(tag, value, 0)
+
+  def close(self) -> None:
+    self._writer.close()

@@ -34,25 +34,33 @@ log = logging.getLogger(__name__)
 
 
 class _Progress:
-  """A tqdm bar on a terminal, else a log line every ~10% of the run."""
+  """A tqdm bar on a terminal, else a log line every ~10% of the run with s/round and ETA."""
 
   def __init__(self, mode: str, total: int, initial: int):
-    self.total, self.bar = total, None
+    self.total, self.initial, self.bar = total, initial, None
     if mode == "auto":
       mode = "bar" if sys.stderr.isatty() else "lines"
     self.mode = mode
     self.every = max(1, total // 10)
+    self.t_first = None  # after the first (compiling) round: the steady pace
     if mode == "bar":
       import tqdm
 
       self.bar = tqdm.tqdm(total=total, initial=initial, unit="round", dynamic_ncols=True)
 
   def update(self, round_idx: int, loss: float) -> None:
+    now = time.time()
+    if self.t_first is None:
+      self.t_first, self.first_round = now, round_idx
     if self.bar is not None:
       self.bar.set_postfix(loss=f"{loss:.4f}")
       self.bar.update(1)
     elif self.mode == "lines" and (round_idx % self.every == 0 or round_idx == self.total):
-      log.info("round %d/%d  train loss %.4f", round_idx, self.total, loss)
+      done = round_idx - self.first_round
+      pace = (now - self.t_first) / done if done else float("nan")
+      eta = pace * (self.total - round_idx)
+      log.info("round %d/%d  train loss %.4f  %.2f s/round  ETA %s", round_idx, self.total,
+               loss, pace, "?" if math.isnan(eta) else f"{eta:.0f} s")
 
   def close(self) -> None:
     if self.bar is not None:
@@ -110,7 +118,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
     for split, res in results.items():
       res.update(round=round_idx, split=split, **(extra or {}))
       if extra is not None:
-        writer.write(res)
+        record(res)
     log.info("round %d: val acc %.4f auc %.4f | test acc %.4f auc %.4f", round_idx,
              results["val"]["accuracy"], results["val"]["auc"],
              results["test"]["accuracy"], results["test"]["auc"])
@@ -123,6 +131,16 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
   state_finite = jax.jit(_all_finite)
   analysis_fn = _make_analysis_fn(config, exp.model, ds)
   progress = _Progress(config.log.progress, fl.rounds, start)
+  events = metrics.EventWriter(os.path.join(workdir, "tensorboard"))
+  events.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
+
+  def record(rec: dict) -> None:  # metrics.jsonl and TensorBoard
+    writer.write(rec)
+    events.write(rec)
+
+  if start < fl.rounds:
+    log.info("compiling the round (%s, %d clients a round)...", config.algorithm.name,
+             fl.clients_per_round)
   first_round_s = None
   try:
     for r in range(start, fl.rounds):
@@ -134,6 +152,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       train_loss = _mean_loss(m)
       if first_round_s is None:
         first_round_s = time.time() - t_start
+        log.info("first round done %.1f s after start (compile included)", first_round_s)
       # The loss is measured before each step: check the new state too, so that a
       # non-finite model is never evaluated or saved.
       what = (f"training loss ({train_loss})" if not math.isfinite(train_loss) else
@@ -147,7 +166,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
             "or --config.fl.server_lr and rerun with --fresh or in a new workdir."
         )
       real = host_batch.weight > 0
-      writer.write({
+      record({
           "round": r + 1,
           "split": "train",
           "loss": train_loss,
@@ -163,12 +182,13 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
         evaluate(state.params, r + 1,
                  {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
       if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
-        writer.write({"round": r + 1, "split": "analysis", **analysis_fn(state.params, r + 1)})
+        record({"round": r + 1, "split": "analysis", **analysis_fn(state.params, r + 1)})
       if (r + 1) % config.ckpt.every == 0 or done:
         ckpt.save(state)
   finally:
     progress.close()
     prefetcher.close()
+    events.close()
 
   records = metrics.read_jsonl(writer.path)
   final = {}

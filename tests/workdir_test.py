@@ -193,3 +193,23 @@ def test_bad_inputs_are_one_clear_error_before_any_output(data_root, tmp_path, o
   with pytest.raises(errors.UserError, match=match):
     train.train_and_evaluate(config_for(data_root, **overrides), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_tensorboard_events_and_curves_png(finished):
+  path = finished[0]
+  events = glob.glob(os.path.join(path, "tensorboard", "events.out.tfevents.*"))
+  assert events
+  data = b"".join(open(f, "rb").read() for f in events)
+  for tag in (b"train/loss", b"test/auc", b"val/balanced_accuracy", b"config"):
+    assert tag in data, tag
+  pytest.importorskip("matplotlib")
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+      "plot_run", os.path.join(os.path.dirname(__file__), "..", "analysis", "plot_run.py"))
+  plot_run = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plot_run)
+  out = os.path.join(path, "curves.png")
+  assert plot_run.main([f"--workdir={path}", f"--output={out}"]) == 0
+  assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert plot_run.main([f"--workdir={path}/missing"]) == 2
