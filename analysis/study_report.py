@@ -36,11 +36,10 @@ def main(argv=None) -> int:
   from fedjax_med.studies import document, loader
 
   try:
-    study = loader.load_checked(args.study)
+    study, workdir = loader.for_cli(args.study, args.workdir)
   except loader.StudyError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  workdir = args.workdir or loader.default_workdir(study)
   if not os.path.isdir(workdir):
     print(f"error: sweep directory {workdir} does not exist; run first: python launch/sweep.py "
           f"--study={args.study} --workdir={workdir}", file=sys.stderr)

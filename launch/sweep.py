@@ -40,11 +40,10 @@ def main(argv=None) -> int:
     print(f"error: --override needs KEY=VALUE, got {bad[0]!r}", file=sys.stderr)
     return 2
   try:
-    study = loader.load_checked(args.study)
+    study, workdir = loader.for_cli(args.study, args.workdir)
   except loader.StudyError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  workdir = args.workdir or loader.default_workdir(study)
   extra = dict(o.split("=", 1) for o in args.override)
   manifest = runner.run_all(study, workdir, jobs=args.jobs, dry_run=args.dry_run,
                             only=args.only, extra=extra)

@@ -56,3 +56,9 @@ def load_checked(spec: str) -> Study:
 
 def default_workdir(study: Study) -> str:
   return os.path.join("runs", "studies", study.name, study.preset)
+
+
+def for_cli(spec: str, workdir: str = "") -> tuple[Study, str]:
+  """``(load_checked(spec), workdir or default_workdir)``: what both study CLIs start from."""
+  study = load_checked(spec)
+  return study, workdir or default_workdir(study)
