@@ -14,19 +14,7 @@ import numpy as np
 import optax
 
 from fedjax_med import algorithms
-from tests.testing import (
-  LR,
-  ROUNDS,
-  C,
-  fedavg_run,
-  linear_loss,
-  make_params,
-  real_steps,
-  reference_grad,
-  sampled_clients,
-  step_batch,
-  to_numpy,
-)
+from tests import testing
 
 EPS = 1e-3
 
@@ -34,13 +22,13 @@ EPS = 1e-3
 def reference_round(w, clients, eps):
   """One FedExP round, client by client and step by step in float32 numpy."""
   deltas, weights = [], []
-  for c in range(C):
+  for c in range(testing.C):
     if clients.weight[c] == 0:  # padding client
       continue
     y = w
-    for s in real_steps(clients, c):
-      grads, _ = reference_grad(linear_loss)(y, step_batch(clients, c, s))
-      y = jax.tree.map(lambda x, g: x - LR * g, y, grads)
+    for s in testing.real_steps(clients, c):
+      grads, _ = testing.reference_grad(testing.linear_loss)(y, testing.step_batch(clients, c, s))
+      y = jax.tree.map(lambda x, g: x - testing.LR * g, y, grads)
     deltas.append(jax.tree.map(np.subtract, w, y))
     weights.append(float(clients.weight[c]))
   p = np.asarray(weights) / sum(weights)
@@ -51,13 +39,13 @@ def reference_round(w, clients, eps):
 
 
 def test_fedexp_matches_reference_loop():
-  alg = algorithms.fedexp(linear_loss, optax.sgd(LR), optax.sgd(1.0), eps=EPS)
+  alg = algorithms.fedexp(testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0), eps=EPS)
   round_fn = jax.jit(alg.round)
-  state = alg.init(make_params(), jax.random.PRNGKey(0))
-  w, etas = to_numpy(make_params()), []
-  for r in range(ROUNDS):
-    state, _ = round_fn(state, sampled_clients(r))
-    w, eta = reference_round(w, sampled_clients(r), EPS)
+  state = alg.init(testing.make_params(), jax.random.PRNGKey(0))
+  w, etas = testing.to_numpy(testing.make_params()), []
+  for r in range(testing.ROUNDS):
+    state, _ = round_fn(state, testing.sampled_clients(r))
+    w, eta = reference_round(w, testing.sampled_clients(r), EPS)
     etas.append(eta)
     # float32 reference vs the vmapped/scanned round: rtol 1e-5, atol 1e-6.
     chex.assert_trees_all_close(state.params, w, rtol=1e-5, atol=1e-6)
@@ -66,9 +54,9 @@ def test_fedexp_matches_reference_loop():
 
 def test_fedexp_with_a_huge_eps_is_fedavg():
   # eps -> infinity makes eta_g = 1: plain FedAvg (server sgd(1.0)).
-  alg = algorithms.fedexp(linear_loss, optax.sgd(LR), optax.sgd(1.0), eps=1e12)
+  alg = algorithms.fedexp(testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0), eps=1e12)
   round_fn = jax.jit(alg.round)
-  state = alg.init(make_params(), jax.random.PRNGKey(0))
-  for r in range(ROUNDS):
-    state, _ = round_fn(state, sampled_clients(r))
-  chex.assert_trees_all_close(state.params, fedavg_run()[-1].params, rtol=1e-6, atol=1e-7)
+  state = alg.init(testing.make_params(), jax.random.PRNGKey(0))
+  for r in range(testing.ROUNDS):
+    state, _ = round_fn(state, testing.sampled_clients(r))
+  chex.assert_trees_all_close(state.params, testing.fedavg_run()[-1].params, rtol=1e-6, atol=1e-7)
