@@ -103,16 +103,24 @@ class Checkpointer:
     """Restores ``step``, or (``None``) the newest valid checkpoint, into ``template``'s structure.
 
     Raises:
-      CheckpointError: the requested step, or (``step=None``) every step, is invalid.
-      errors.CheckpointMismatchError: the requested step does not fit ``template``.
+      CheckpointError: the requested step, or (``step=None``) every step, is damaged, or
+        the checkpoints predate checksums.
+      errors.CheckpointMismatchError: a checkpoint is intact but does not fit ``template``.
     """
     if step is not None:
       return self._restore_step(template, step)
     steps = sorted(self._manager.all_steps(), reverse=True)
+    if steps and not os.path.exists(os.path.join(self.directory, CHECKSUMS)):
+      # Written by a fedjax_med without checksums: not ours to judge (or delete).
+      raise CheckpointError(
+          f"the checkpoints in {self.directory} have no {CHECKSUMS} (written by an older "
+          "fedjax_med); rerun with --fresh to start over")
     for s in steps:
       try:
         return self._restore_step(template, s)
-      except (errors.UserError, OSError, ValueError, KeyError) as e:
+      except errors.CheckpointMismatchError:
+        raise  # intact but of another state layout: a wrong workdir, never deleted
+      except (CheckpointError, OSError, KeyError) as e:  # damaged: skip and save it again
         log.warning("skipping checkpoint %d: %s", s, str(e).splitlines()[0])
         self._discard(s)
     raise CheckpointError(

@@ -24,10 +24,14 @@ class _TqdmHandler(logging.Handler):
 def setup_logging() -> None:
   """One format for every entry point: INFO lines with a time stamp, through ``tqdm.write``
   (replacing absl's handler under ``app.run``); JAX/orbax/absl chatter only from WARNING up."""
-  handler = _TqdmHandler()
-  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
   root = logging.getLogger()
-  root.handlers[:] = [handler]
+  for h in list(root.handlers):  # absl's, with its long prefix; other handlers (pytest's) stay
+    if type(h).__name__ == "ABSLHandler":
+      root.removeHandler(h)
+  if not root.handlers:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root.addHandler(handler)
   root.setLevel(logging.INFO)
   for name in _NOISY:
     logging.getLogger(name).setLevel(logging.WARNING)

@@ -57,10 +57,12 @@ class _Progress:
       self.bar.update(1)
     elif self.mode == "lines" and (round_idx % self.every == 0 or round_idx == self.total):
       done = round_idx - self.first_round
-      pace = (now - self.t_first) / done if done else float("nan")
-      eta = pace * (self.total - round_idx)
-      log.info("round %d/%d  train loss %.4f  %.2f s/round  ETA %s", round_idx, self.total,
-               loss, pace, "?" if math.isnan(eta) else f"{eta:.0f} s")
+      if not done:  # the first round after (re)start includes the compile: no pace yet
+        log.info("round %d/%d  train loss %.4f", round_idx, self.total, loss)
+        return
+      pace = (now - self.t_first) / done
+      log.info("round %d/%d  train loss %.4f  %.2f s/round  ETA %.0f s", round_idx, self.total,
+               loss, pace, pace * (self.total - round_idx))
 
   def close(self) -> None:
     if self.bar is not None:
