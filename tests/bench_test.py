@@ -27,6 +27,7 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", old)
 
 
+@pytest.mark.slow
 def test_round_speed_tiny_prints_json_last(capsys, fast_compile):
   round_speed.main([
       "--models=cnn_tiny", "--ks=4", "--local-steps=2", "--batch-size=4", "--repeats=1",
@@ -67,6 +68,7 @@ def test_round_speed_tiny_prints_json_last(capsys, fast_compile):
   assert large["round_s"] > 0 and large["batch_build_s"] > 0
 
 
+@pytest.mark.slow
 def test_algorithm_speed_rows_come_from_the_registry(capsys, fast_compile):
   out = algorithm_speed.main(["--quick"])
   assert _last_json(capsys) == json.loads(json.dumps(out))
@@ -78,6 +80,7 @@ def test_algorithm_speed_rows_come_from_the_registry(capsys, fast_compile):
   assert out["fedavg_vs_fedavg"] == 1.0 and all(out[f"{n}_vs_fedavg"] > 0 for n in rows)
 
 
+@pytest.mark.slow
 def test_zoo_tiny_prints_json_last(capsys, fast_compile):
   zoo.main(["--models=cnn_tiny", "--k=2", "--steps=1", "--batch=2", "--repeats=1"])
   (row,) = _last_json(capsys)["models"]

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fedjax_med.data import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +37,7 @@ def test_missing_data_exits_2_with_one_message(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_main_command_runs_end_to_end_with_overrides(tmp_path):
   synthetic.write_npz(tmp_path / "data" / "breastmnist.npz", name="breastmnist", n_train=120,
                       n_val=30, n_test=30)
@@ -50,6 +53,7 @@ def test_main_command_runs_end_to_end_with_overrides(tmp_path):
   assert config["fl"]["rounds"] == 2 and config["model"]["name"] == "cnn_tiny"
 
 
+@pytest.mark.slow
 def test_preset_study_runs_presets_and_tabulates(tmp_path):
   """configs/comm.py's presets as the one-axis study configs/studies/comm_presets.py."""
   synthetic.write_npz(tmp_path / "data" / "pneumoniamnist.npz", name="pneumoniamnist",

@@ -157,6 +157,7 @@ def test_missing_data_offline_is_a_clear_error(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in registry.names() if registry.get(n).federated])
 def test_every_algorithm_runs_from_config(data_root, tmp_path, name):
   # The registry's server-optimizer defaults (fedadam: lr 0.01, ...) apply.
@@ -178,6 +179,7 @@ def test_local_epochs_mode(data_root, tmp_path):
   assert summary["local_steps"] == max(-(-n // min(8, n)) for n in sizes)
 
 
+@pytest.mark.slow
 def test_swa_wraps_any_algorithm_and_resumes(data_root, tmp_path, monkeypatch):
   config = small_config(data_root, **{"algorithm.name": "scaffold", "algorithm.swa": True,
                                       "algorithm.swa_fraction": 0.5})
@@ -215,6 +217,7 @@ def test_compression_bytes_accounting(data_root, tmp_path):
   assert state.client_state.residual is not None
 
 
+@pytest.mark.slow
 def test_periodic_sharpness_logging(data_root, tmp_path):
   config = small_config(data_root, **{"fl.rounds": 2, "analysis.every": 1,
                                       "analysis.examples": 16, "analysis.batch_size": 8,

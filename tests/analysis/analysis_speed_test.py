@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from bench import analysis_speed
 
 
+@pytest.mark.slow
 def test_analysis_speed_tiny_prints_json_last(capsys):
   analysis_speed.main(["--model=cnn_tiny", "--size=8", "--examples=32", "--train-batch=16",
                        "--eval-batch=32", "--lanczos-iters=3", "--lanczos-tol=0", "--probes=2",

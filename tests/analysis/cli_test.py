@@ -74,6 +74,7 @@ def test_sharpness_cli_writes_json(runs, capsys):
   assert "lambda_max=" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_landscape_cli_two_runs_and_trajectory(runs, capsys):
   cli = _load_cli("landscape")
   args = [f"--workdirs={runs[0]},{runs[1]}", "--examples=24", "--batch_size=24", "--grid=3",

@@ -141,7 +141,12 @@ def make_clients(name, ds, c=2, s=1, b=2) -> types.ClientBatch:
                            np.arange(c, dtype=np.int32))
 
 
-@pytest.mark.parametrize("name", [*models.TEST_MODELS, "resnet_tiny_bn"])
+# ViT and ConvNeXt compile for seconds: in the full suite only (pytest -m slow).
+_LEARN = [pytest.param(n, marks=pytest.mark.slow) if n.startswith(("vit", "convnext")) else n
+          for n in [*models.TEST_MODELS, "resnet_tiny_bn"]]
+
+
+@pytest.mark.parametrize("name", _LEARN)
 def test_tiny_variant_learns_inside_the_vmapped_fedavg_round(name):
   """C=2 clients, S=1 step, B=2: the round compiles once and the loss on these examples falls."""
   ds = synthetic.make_dataset("pathmnist", 28, n_train=4, n_val=0, n_test=0, seed=0)

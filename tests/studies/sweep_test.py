@@ -239,6 +239,7 @@ def test_real_studies_load_and_expand(name, preset):
 # ----------------------------------------------------------------------------- CLI, run_all
 
 
+@pytest.mark.slow
 def test_cli_runs_the_grid(done_sweep):
   sweep_dir, res = done_sweep
   assert res.returncode == 0, res.stderr[-3000:]
@@ -272,6 +273,7 @@ def test_cli_second_invocation_skips_complete_runs(done_sweep, study_file, tmp_p
     assert (sweep_dir / n / "summary.json").stat().st_mtime_ns == t
 
 
+@pytest.mark.slow
 def test_cli_resumes_only_the_incomplete_run(done_sweep, study_file, tmp_path):
   sweep_dir = copy_sweep(done_sweep, tmp_path)
   kept = (sweep_dir / RUN_IID / "summary.json").stat().st_mtime_ns
@@ -287,6 +289,7 @@ def test_cli_resumes_only_the_incomplete_run(done_sweep, study_file, tmp_path):
   assert not (sweep_dir / "logs" / f"{RUN_IID}.log").read_text().count("resumed")
 
 
+@pytest.mark.slow
 def test_cli_reports_a_failed_run_and_finishes_the_others(study_file, tmp_path):
   sweep_dir = tmp_path / "sweep"
   res = run_cli(f"--study={study_file}:fail", f"--workdir={sweep_dir}", "--jobs=2")
