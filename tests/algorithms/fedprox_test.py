@@ -13,21 +13,7 @@ import pytest
 
 from fedjax_med import algorithms
 from fedjax_med.algorithms.fedprox import proximal_loss
-from tests.testing import (
-  LR,
-  ROUNDS,
-  C,
-  fedavg_run,
-  linear_loss,
-  make_params,
-  real_steps,
-  reference_grad,
-  sampled_clients,
-  stats_loss,
-  step_batch,
-  to_numpy,
-  weighted_average,
-)
+from tests import testing
 
 MU = 0.5
 
@@ -35,53 +21,53 @@ MU = 0.5
 def prox_reference_round(loss_fn, server, clients, mu):
   """One FedProx round: per client, per real step, explicit grad and SGD."""
   models, weights = [], []
-  for c in range(C):
+  for c in range(testing.C):
     if clients.weight[c] == 0:  # padding client
       continue
     w = server
-    for s in real_steps(clients, c):
-      grads, aux = reference_grad(loss_fn)(w, step_batch(clients, c, s))
+    for s in testing.real_steps(clients, c):
+      grads, aux = testing.reference_grad(loss_fn)(w, testing.step_batch(clients, c, s))
       # d/dw mu/2 ||w - w_t||^2 = mu (w - w_t), on the trainable "params" collection only.
       if "params" in w:
         prox = jax.tree.map(lambda x, a: mu * (x - a), w["params"], server["params"])
         grads = {**grads, "params": jax.tree.map(np.add, grads["params"], prox)}
       else:
         grads = jax.tree.map(lambda g, x, a: g + mu * (x - a), grads, w, server)
-      w = jax.tree.map(lambda x, g: x - LR * g, w, grads)
+      w = jax.tree.map(lambda x, g: x - testing.LR * g, w, grads)
       w = {**w, **aux.get("variables", {})}
     models.append(w)
     weights.append(float(clients.weight[c]))
-  return weighted_average(models, weights)
+  return testing.weighted_average(models, weights)
 
 
 @pytest.mark.parametrize("with_stats", [False, True])
 def test_fedprox_matches_reference_loop(with_stats):
-  loss_fn = stats_loss if with_stats else linear_loss
-  alg = algorithms.fedprox(loss_fn, optax.sgd(LR), optax.sgd(1.0), mu=MU)
-  state = alg.init(make_params(with_stats), jax.random.PRNGKey(0))
+  loss_fn = testing.stats_loss if with_stats else testing.linear_loss
+  alg = algorithms.fedprox(loss_fn, optax.sgd(testing.LR), optax.sgd(1.0), mu=MU)
+  state = alg.init(testing.make_params(with_stats), jax.random.PRNGKey(0))
   round_fn = jax.jit(alg.round)
-  ref = to_numpy(make_params(with_stats))
-  for r in range(ROUNDS):
-    clients = sampled_clients(r)
+  ref = testing.to_numpy(testing.make_params(with_stats))
+  for r in range(testing.ROUNDS):
+    clients = testing.sampled_clients(r)
     state, metrics = round_fn(state, clients)
     ref = prox_reference_round(loss_fn, ref, clients, MU)
     # float32 reference vs the scanned/vmapped round: rtol 1e-5, atol 1e-6.
     chex.assert_trees_all_close(state.params, ref, rtol=1e-5, atol=1e-6)
-  assert int(state.round) == ROUNDS
+  assert int(state.round) == testing.ROUNDS
   np.testing.assert_array_equal(metrics.client_steps, [3, 2, 3, 0])
 
 
 def test_fedprox_with_mu_zero_is_fedavg():
-  prox = algorithms.fedprox(linear_loss, optax.sgd(LR), optax.sgd(1.0), mu=0.0)
-  state = prox.init(make_params(), jax.random.PRNGKey(0))
-  for r in range(ROUNDS):
-    state, _ = jax.jit(prox.round)(state, sampled_clients(r))
+  prox = algorithms.fedprox(testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0), mu=0.0)
+  state = prox.init(testing.make_params(), jax.random.PRNGKey(0))
+  for r in range(testing.ROUNDS):
+    state, _ = jax.jit(prox.round)(state, testing.sampled_clients(r))
   # The term adds 0 * ||.||^2 to the loss and exactly 0 to every gradient.
-  chex.assert_trees_all_close(state.params, fedavg_run()[-1].params, rtol=0, atol=0)
+  chex.assert_trees_all_close(state.params, testing.fedavg_run()[-1].params, rtol=0, atol=0)
 
 
 def test_proximal_term_only_pulls_the_params_collection():
-  params = make_params(with_stats=True)
+  params = testing.make_params(with_stats=True)
   anchor = jax.tree.map(lambda x: x + 1.0, params)
   loss = lambda p, batch, rng: (jnp.sum(p["params"]["w"]) + jnp.sum(p["stats"]["mean"]), {})  # noqa: E731
   grads = jax.grad(lambda p: proximal_loss(loss, anchor, MU)(p, None, None)[0])(params)

@@ -13,20 +13,7 @@ import optax
 import pytest
 
 from fedjax_med import algorithms
-from tests.testing import (
-  LR,
-  ROUNDS,
-  C,
-  fedavg_run,
-  linear_loss,
-  make_params,
-  real_steps,
-  reference_grad,
-  sampled_clients,
-  step_batch,
-  to_numpy,
-  weighted_average,
-)
+from tests import testing
 
 
 def global_norm(tree):
@@ -34,14 +21,14 @@ def global_norm(tree):
 
 
 def sam_reference_round(server, clients, rho, adaptive, eta):
-  grad = lambda w, batch: reference_grad(linear_loss)(w, batch)[0]  # noqa: E731
+  grad = lambda w, batch: testing.reference_grad(testing.linear_loss)(w, batch)[0]  # noqa: E731
   models, weights = [], []
-  for c in range(C):
+  for c in range(testing.C):
     if clients.weight[c] == 0:  # padding client
       continue
     w = server
-    for s in real_steps(clients, c):
-      batch = step_batch(clients, c, s)
+    for s in testing.real_steps(clients, c):
+      batch = testing.step_batch(clients, c, s)
       g = grad(w, batch)
       if adaptive:
         t = jax.tree.map(lambda x: np.abs(x) + eta, w)
@@ -51,36 +38,36 @@ def sam_reference_round(server, clients, rho, adaptive, eta):
         norm = global_norm(g)
         e = jax.tree.map(lambda gi, n=norm: rho * gi / n, g)
       g_adv = grad(jax.tree.map(lambda x, ei: x + ei, w, e), batch)
-      w = jax.tree.map(lambda x, gi: x - LR * gi, w, g_adv)
+      w = jax.tree.map(lambda x, gi: x - testing.LR * gi, w, g_adv)
     models.append(w)
     weights.append(float(clients.weight[c]))
-  return weighted_average(models, weights)  # server sgd(1.0) on the mean delta
+  return testing.weighted_average(models, weights)  # server sgd(1.0) on the mean delta
 
 
 @pytest.mark.parametrize("rho,adaptive,eta", [(0.05, False, 0.0), (0.5, True, 0.01)])
 def test_fedsam_matches_reference_loop(rho, adaptive, eta):
-  alg = algorithms.fedsam(linear_loss, optax.sgd(LR), optax.sgd(1.0), rho=rho, adaptive=adaptive,
+  alg = algorithms.fedsam(testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0), rho=rho, adaptive=adaptive,
                           eta=eta)
-  state = alg.init(make_params(), jax.random.PRNGKey(0))
+  state = alg.init(testing.make_params(), jax.random.PRNGKey(0))
   round_fn = jax.jit(alg.round)
-  ref = to_numpy(make_params())
-  for r in range(ROUNDS):
-    clients = sampled_clients(r)
+  ref = testing.to_numpy(testing.make_params())
+  for r in range(testing.ROUNDS):
+    clients = testing.sampled_clients(r)
     state, _ = round_fn(state, clients)
     ref = sam_reference_round(ref, clients, rho, adaptive, eta)
     # float32 reference vs the scanned/vmapped round: rtol 1e-5, atol 1e-6.
     chex.assert_trees_all_close(state.params, ref, rtol=1e-5, atol=1e-6)
   # The perturbation matters: with rho = 0 (plain FedAvg) the reference lands elsewhere.
-  ref_avg = to_numpy(make_params())
-  for r in range(ROUNDS):
-    ref_avg = sam_reference_round(ref_avg, sampled_clients(r), 0.0, False, 0.0)
+  ref_avg = testing.to_numpy(testing.make_params())
+  for r in range(testing.ROUNDS):
+    ref_avg = sam_reference_round(ref_avg, testing.sampled_clients(r), 0.0, False, 0.0)
   assert float(global_norm(jax.tree.map(np.subtract, ref, ref_avg))) > 1e-3
 
 
 def test_fedsam_with_rho_zero_is_fedavg():
-  sam = algorithms.fedsam(linear_loss, optax.sgd(LR), optax.sgd(1.0), rho=0.0)
-  state = sam.init(make_params(), jax.random.PRNGKey(0))
-  for r in range(ROUNDS):
-    state, _ = jax.jit(sam.round)(state, sampled_clients(r))
+  sam = algorithms.fedsam(testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0), rho=0.0)
+  state = sam.init(testing.make_params(), jax.random.PRNGKey(0))
+  for r in range(testing.ROUNDS):
+    state, _ = jax.jit(sam.round)(state, testing.sampled_clients(r))
   # e = 0 * g / ||g|| = 0 exactly, so grad(w + e) = grad(w).
-  chex.assert_trees_all_close(state.params, fedavg_run()[-1].params, rtol=0, atol=0)
+  chex.assert_trees_all_close(state.params, testing.fedavg_run()[-1].params, rtol=0, atol=0)
