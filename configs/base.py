@@ -72,9 +72,18 @@ def get_config() -> ml_collections.ConfigDict:
   # set from the largest client and smaller clients' extra steps are padding).
   c.fl.local_epochs = 0.0
   c.fl.batch_size = 32  # B: examples per local step
+  # Client optimizer: sgd | momentum (heavy ball) | adamw (decoupled weight decay).
+  c.fl.client_opt = "sgd"
   c.fl.client_lr = 0.05
-  c.fl.client_momentum = 0.0
-  c.fl.client_weight_decay = 0.0
+  # None = 0.9 for client_opt=momentum, else 0 (sgd with momentum > 0 is heavy ball too).
+  c.fl.client_momentum = config_dict.placeholder(float)
+  c.fl.client_weight_decay = 0.0  # sgd/momentum: L2 on the gradient; adamw: decoupled
+  # Client lr over the whole run: linear warmup over the first client_warmup_rounds
+  # rounds, then constant | cosine (decays to client_lr * client_lr_min_ratio at the
+  # last round). ViT and ConvNeXt want adamw with warmup + cosine.
+  c.fl.client_lr_schedule = "constant"
+  c.fl.client_warmup_rounds = 0
+  c.fl.client_lr_min_ratio = 0.0
   # Server optimizer; None = the algorithm's registry default (fedavg: sgd, lr 1.0;
   # fedavgm: momentum 0.9; fedadam / fedyogi: lr 0.01; fedadagrad: lr 0.05).
   c.fl.server_opt = config_dict.placeholder(str)  # sgd | adam | yogi | adagrad

@@ -68,6 +68,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   - ``fl.server_opt`` / ``server_lr`` / ``server_momentum`` / ``server_eps``
     left unset (None) take the algorithm's registry defaults (``fedadam``:
     Adam with lr 0.01; ``fedavg``: SGD with lr 1.0).
+  - ``fl.client_momentum`` left unset is 0.9 for ``fl.client_opt=momentum``, else 0.
 
   Raises:
     ConfigError: unknown ``algorithm.name``, or a server optimizer that
@@ -94,6 +95,9 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key, field in SERVER_KEYS.items():
     if config.fl[key] is None:
       config.fl[key] = getattr(entry.server, field)
+  if config.fl.client_momentum is None:
+    config.fl.client_momentum = (optimizers.DEFAULT_MOMENTUM
+                                 if config.fl.client_opt == "momentum" else 0.0)
   return config
 
 
@@ -152,13 +156,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("fl.client_momentum", "fl.server_momentum"):
     value = _get(config, key)
     _check(0.0 <= value < 1.0, key, value, "must be in [0, 1)")
-  _check(config.fl.client_weight_decay >= 0, "fl.client_weight_decay",
-         config.fl.client_weight_decay, "must be >= 0")
+  fl = config.fl
+  _check(math.isfinite(fl.client_weight_decay) and fl.client_weight_decay >= 0,
+         "fl.client_weight_decay", fl.client_weight_decay, "must be a finite number >= 0")
+  _check(fl.client_opt in optimizers.CLIENT, "fl.client_opt", fl.client_opt,
+         f"choose one of {list(optimizers.CLIENT)}")
+  if fl.client_opt == "momentum":
+    _check(fl.client_momentum > 0, "fl.client_momentum", fl.client_momentum,
+           "fl.client_opt=momentum needs a momentum in (0, 1) (unset = 0.9)")
+  if fl.client_opt == "adamw":
+    _check(fl.client_momentum == 0, "fl.client_momentum", fl.client_momentum,
+           "adamw has its own first moment (b1 0.9): leave fl.client_momentum unset")
+  _check(fl.client_lr_schedule in ("constant", "cosine"), "fl.client_lr_schedule",
+         fl.client_lr_schedule, "choose constant or cosine")
+  _check(isinstance(fl.client_warmup_rounds, int) and 0 <= fl.client_warmup_rounds < fl.rounds,
+         "fl.client_warmup_rounds", fl.client_warmup_rounds,
+         f"must be an integer in [0, fl.rounds={fl.rounds})")
+  _check(0 <= fl.client_lr_min_ratio <= 1, "fl.client_lr_min_ratio", fl.client_lr_min_ratio,
+         "must be in [0, 1]")
   _check(config.fl.server_opt in optimizers.SERVER, "fl.server_opt", config.fl.server_opt,
          f"choose one of {sorted(optimizers.SERVER)}")
   _check(math.isfinite(config.fl.server_eps) and config.fl.server_eps > 0, "fl.server_eps",
          config.fl.server_eps, "must be a finite number > 0")
   if entry.plain_sgd:
+    _check(fl.client_opt == "sgd", "fl.client_opt", fl.client_opt,
+           f"{name} assumes plain local SGD: use sgd")
     for key in ("fl.client_momentum", "fl.client_weight_decay"):
       _check(_get(config, key) == 0, key, _get(config, key),
              f"{name} assumes plain local SGD: set it to 0")

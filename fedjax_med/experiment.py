@@ -124,7 +124,8 @@ def make_algorithm(
   fl, a = config.fl, config.algorithm
   name = a.name
   entry = registry.get(name)
-  client_tx = optimizers.client(fl.client_lr, fl.client_momentum, fl.client_weight_decay)
+  client_tx = optimizers.client(fl.client_lr, fl.client_momentum, fl.client_weight_decay,
+                                fl.client_opt)
   hparams = {k: a[name][k] for k in entry.hparams}
   alg = registry.build(name, loss_fn, client_tx, make_server_optimizer(config), plan=plan,
                        client_lr=fl.client_lr if entry.takes_client_lr else None, **hparams)
@@ -164,6 +165,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   plan = algorithms.RoundPlan(
       num_clients=fl.num_clients, chunk_size=eng.client_chunk_size, unroll=eng.local_unroll,
       compressor=compressor, error_feedback=bool(config.comm.error_feedback and compressor),
+      client_lr_scale=optimizers.client_lr_scale(
+          fl.rounds, fl.client_warmup_rounds, fl.client_lr_schedule, fl.client_lr_min_ratio),
   )
   local_steps = fl.local_steps
   if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad

@@ -43,6 +43,12 @@ class RoundPlan(NamedTuple):
     error_feedback: keep each client's unsent residual (needs ``compressor``
       and ``num_clients``).
     aggregator: how the deltas become one pseudo-gradient (``aggregators``).
+    client_lr_scale: ``round -> multiplier`` of the client learning rate in that
+      round (traced; e.g. linear warmup then cosine decay over the whole run,
+      ``fedjax_med.optimizers.client_lr_scale``). The client optimizer state
+      starts fresh every round, so a schedule over the run cannot live in it;
+      every algorithm scales its local updates by ``lr_scale(plan, round)``.
+      ``None`` = a constant learning rate.
   """
 
   num_clients: int = 0
@@ -51,6 +57,14 @@ class RoundPlan(NamedTuple):
   compressor: compression.Compressor | None = None
   error_feedback: bool = False
   aggregator: aggregators.Aggregator = aggregators.mean()
+  client_lr_scale: Callable[[types.Array], types.Array] | None = None
+
+
+def lr_scale(plan: RoundPlan, round_: types.Array) -> types.Array | None:
+  """The client learning-rate multiplier of round ``round_`` (``None``: no schedule)."""
+  if plan.client_lr_scale is None:
+    return None
+  return jnp.asarray(plan.client_lr_scale(round_), jnp.float32)
 
 
 def check_plan(plan: RoundPlan, algorithm: str, *, stateful: bool) -> None:
@@ -224,10 +238,13 @@ def stateless(
     client_fn, server_optimizer: optax.GradientTransformation, plan: RoundPlan, name: str,
     server_fn: ServerFn | None = None,
 ) -> types.FederatedAlgorithm:
-  """A round around a stateless ``client_fn(server_params, data_c, key_c) -> LocalResult``.
+  """A round around a stateless ``client_fn(state, data_c, key_c) -> LocalResult``.
 
-  FedAvg, FedProx and FedSAM differ only in their ``client_fn``; ``server_fn``
-  (as ``federated_round``'s) changes what the server does with the aggregate.
+  ``state`` is the server state at the start of the round (``state.params`` the
+  model every client starts from; pass ``lr_scale(plan, state.round)`` on to
+  ``local.local_train``). FedAvg, FedProx and FedSAM differ only in their
+  ``client_fn``; ``server_fn`` (as ``federated_round``'s) changes what the
+  server does with the aggregate.
   """
   check_plan(plan, name, stateful=False)
 
@@ -236,7 +253,7 @@ def stateless(
 
   def per_client(state, data, row, key):
     del row  # no algorithm state per client
-    return client_fn(state.params, data, key), None
+    return client_fn(state, data, key), None
 
   round_fn = federated_round(per_client, server_optimizer, plan, server_fn)
   return types.FederatedAlgorithm(init_fn, round_fn)

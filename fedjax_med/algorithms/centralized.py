@@ -59,7 +59,8 @@ def centralized(
     keys = jax.random.split(jax.random.fold_in(state.rng, state.round), num_clients * num_steps)
 
     params, opt_state, losses, has_data = local.run_steps(
-        loss_fn, optimizer, state.params, state.opt_state, data, keys, unroll=unroll
+        loss_fn, optimizer, state.params, state.opt_state, data, keys, unroll=unroll,
+        lr_scale=base.lr_scale(plan, state.round),
     )
     change = aggregate.tree_norm(jax.tree.map(jnp.subtract, state.params, params))
     metrics = types.RoundMetrics(

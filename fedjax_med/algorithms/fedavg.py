@@ -39,7 +39,8 @@ def fedavg(
     jit-able as one function.
   """
 
-  def client_fn(params, data, key):
-    return local.local_train(loss_fn, client_optimizer, params, data, key, unroll=plan.unroll)
+  def client_fn(state, data, key):
+    return local.local_train(loss_fn, client_optimizer, state.params, data, key,
+                             unroll=plan.unroll, lr_scale=base.lr_scale(plan, state.round))
 
   return base.stateless(client_fn, server_optimizer, plan, "fedavg")

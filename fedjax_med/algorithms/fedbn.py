@@ -73,7 +73,8 @@ def fedbn(
 
   def client_fn(state, data, own, key):
     start = with_local_leaves(state.params, own, is_local)
-    res = local.local_train(loss_fn, client_optimizer, start, data, key, unroll=plan.unroll)
+    res = local.local_train(loss_fn, client_optimizer, start, data, key, unroll=plan.unroll,
+                            lr_scale=base.lr_scale(plan, state.round))
     return res, local_leaves(res.params)
 
   def client_params(state: types.ServerState, client: int) -> types.Params:

@@ -47,7 +47,8 @@ def feddyn(
       )
 
     res = local.local_train(
-      None, client_optimizer, w_server, data, key, unroll=plan.unroll, grad_fn=grad_fn
+      None, client_optimizer, w_server, data, key, unroll=plan.unroll, grad_fn=grad_fn,
+      lr_scale=base.lr_scale(plan, state.round),
     )
     new_g_i = jax.tree.map(lambda gi, w, ws: gi - alpha * (w - ws), g_i, res.params, w_server)
     return res, new_g_i

@@ -33,8 +33,9 @@ def fedexp(
 ) -> types.FederatedAlgorithm:
   """Builds FedExP; ``eps`` > 0 keeps the step bounded when the mean delta is tiny."""
 
-  def client_fn(params, data, key):
-    return local.local_train(loss_fn, client_optimizer, params, data, key, unroll=plan.unroll)
+  def client_fn(state, data, key):
+    return local.local_train(loss_fn, client_optimizer, state.params, data, key,
+                             unroll=plan.unroll, lr_scale=base.lr_scale(plan, state.round))
 
   def server_fn(state, agg: base.Aggregate):
     del state

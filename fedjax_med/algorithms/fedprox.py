@@ -44,10 +44,10 @@ def fedprox(
   model (for a flax variables dict); the reported loss includes the term.
   """
 
-  def client_fn(server_params, data, key):
+  def client_fn(state, data, key):
     return local.local_train(
-        proximal_loss(loss_fn, server_params, mu), client_optimizer, server_params, data, key,
-        unroll=plan.unroll,
+        proximal_loss(loss_fn, state.params, mu), client_optimizer, state.params, data, key,
+        unroll=plan.unroll, lr_scale=base.lr_scale(plan, state.round),
     )
 
   return base.stateless(client_fn, server_optimizer, plan, "fedprox")

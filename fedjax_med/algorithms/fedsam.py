@@ -11,8 +11,6 @@ optimizer to it at ``w``.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -62,8 +60,11 @@ def fedsam(
     eta: ASAM's ``T = |w| + eta`` offset.
     Other arguments as ``fedavg``.
   """
-  client_fn = functools.partial(
-      local.local_train, None, client_optimizer, unroll=plan.unroll,
-      grad_fn=sam_grad_fn(loss_fn, rho, adaptive, eta),
-  )
+  grad_fn = sam_grad_fn(loss_fn, rho, adaptive, eta)
+
+  def client_fn(state, data, key):
+    return local.local_train(None, client_optimizer, state.params, data, key,
+                             unroll=plan.unroll, grad_fn=grad_fn,
+                             lr_scale=base.lr_scale(plan, state.round))
+
   return base.stateless(client_fn, server_optimizer, plan, "fedasam" if adaptive else "fedsam")

@@ -55,6 +55,7 @@ def run_steps(
   *,
   unroll: int | bool = 1,
   grad_fn: GradFn | None = None,
+  lr_scale: types.Array | float | None = None,
 ):
   """``lax.scan`` of optimizer steps over the leading axis of ``data``.
 
@@ -64,6 +65,10 @@ def run_steps(
   Args:
     grad_fn: replaces ``jax.value_and_grad(loss_fn, has_aux=True)`` (then
       ``loss_fn`` is unused and may be None).
+    lr_scale: multiplies every update of ``optimizer`` (a scalar, may be traced):
+      the learning rate times ``lr_scale`` for SGD, momentum and AdamW alike,
+      without changing the optimizer state. ``RoundPlan.client_lr_scale`` gives
+      it per round (a schedule over the whole run). ``None`` = 1.
 
   Returns:
     ``(params, opt_state, losses [S], has_data [S] bool)``.
@@ -76,6 +81,8 @@ def run_steps(
     batch, key = xs
     (loss, aux), grads = grad_fn(p, batch, key)
     updates, new_o = optimizer.update(grads, o, p)
+    if lr_scale is not None:
+      updates = jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
     new_p = apply_variable_updates(optax.apply_updates(p, updates), aux)
     has_data = jnp.any(batch["mask"])
     carry = jax.tree.map(lambda n, old: jnp.where(has_data, n, old), (new_p, new_o), (p, o))
@@ -101,7 +108,8 @@ def local_train(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     data: dict with ``image`` [S, B, ...], ``label`` [S, B], ``mask`` [S, B].
     rng: this client's key; step ``s`` gets ``split(rng, S)[s]``.
     **scan_options: ``unroll`` (``lax.scan`` unroll factor, ``True`` = fully
-      unrolled) and ``grad_fn`` (gradient override), as ``run_steps``.
+      unrolled), ``grad_fn`` (gradient override) and ``lr_scale`` (this round's
+      learning-rate multiplier), as ``run_steps``.
 
   Returns:
     A :class:`LocalResult`.

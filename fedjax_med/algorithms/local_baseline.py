@@ -41,8 +41,9 @@ def local_baseline(
     return base.init_state(params, average, rng, plan, client_row=lambda p: p)
 
   def client_fn(state, data, own, key):
-    del state  # nothing comes from the server
-    res = local.local_train(loss_fn, client_optimizer, own, data, key, unroll=plan.unroll)
+    # nothing comes from the server but the round (the learning-rate schedule)
+    res = local.local_train(loss_fn, client_optimizer, own, data, key, unroll=plan.unroll,
+                            lr_scale=base.lr_scale(plan, state.round))
     return res, res.params
 
   def client_params(state: types.ServerState, client: int) -> types.Params:

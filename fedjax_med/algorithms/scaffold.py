@@ -51,9 +51,11 @@ def scaffold(
       out, g = value_and_grad(p, batch, rng)
       return out, jax.tree.map(jnp.add, g, correction)
 
+    scale = base.lr_scale(plan, state.round)
     res = local.local_train(None, client_optimizer, x, data, key, unroll=plan.unroll,
-                            grad_fn=grad_fn)
-    k_lr = jnp.maximum(res.steps, 1).astype(jnp.float32) * client_lr
+                            grad_fn=grad_fn, lr_scale=scale)
+    lr = client_lr if scale is None else client_lr * scale  # this round's local lr
+    k_lr = jnp.maximum(res.steps, 1).astype(jnp.float32) * lr
     new_c_i = jax.tree.map(lambda ci, cc, xx, y: ci - cc + (xx - y) / k_lr, c_i, c, x, res.params)
     new_c_i = jax.tree.map(lambda n, o: jnp.where(res.steps > 0, n, o), new_c_i, c_i)
     return res, new_c_i

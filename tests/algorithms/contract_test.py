@@ -5,7 +5,9 @@ the BatchNorm toy model so FedBN is included): the round compiles once over
 three rounds with different sampled clients; the round sharded over 4 devices
 equals the unsharded one; a round whose clients are all padding changes
 nothing but the round counter; a checkpoint restored into a fresh template
-resumes exactly; and the stacked aggregation path equals the streamed one.
+resumes exactly; the stacked aggregation path equals the streamed one; and a
+client learning-rate schedule over the rounds equals rebuilding the algorithm
+each round with that round's learning rate.
 The algorithm-specific arithmetic is checked against reference loops in each
 algorithm's own test file.
 """
@@ -14,6 +16,7 @@ import functools
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -26,11 +29,11 @@ from tests.testing import LR, ROUNDS, N, bn_loss, bn_params, sampled_clients
 NAMES = registry.names()
 
 
-def build(name: str, **plan_kw):
+def build(name: str, lr: float = LR, **plan_kw):
   entry = registry.get(name)
   server = optimizers.server(entry.server.opt, entry.server.lr, entry.server.momentum,
                              entry.server.eps)
-  return registry.build(name, bn_loss, optax.sgd(LR), server, client_lr=LR,
+  return registry.build(name, bn_loss, optax.sgd(lr), server, client_lr=lr,
                         plan=RoundPlan(num_clients=N, **plan_kw))
 
 
@@ -133,3 +136,23 @@ def test_restoring_another_algorithms_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(errors.CheckpointMismatchError, match="new --workdir"):
     ckpt.restore(build("scaffold").init(bn_params(), jax.random.PRNGKey(0)))
   ckpt.close()
+
+
+# Two in the fast subset (one stateless, one with lr in its client state); all in the full suite.
+@pytest.mark.parametrize("name", [n if n in ("fedavg", "scaffold") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
+def test_client_lr_schedule_equals_that_rounds_learning_rate(name):
+  """``RoundPlan.client_lr_scale`` = the algorithm rebuilt every round at lr * scale(round)
+  (SCAFFOLD's option II control variates use the scaled lr too)."""
+  factors = (0.25, 1.0, 0.5)
+  schedule = lambda r: jnp.asarray(factors)[r]  # noqa: E731
+  scheduled = jax.jit(build(name, client_lr_scale=schedule).round)
+  state = ref = build(name).init(bn_params(), jax.random.PRNGKey(0))
+  for r, f in enumerate(factors):
+    state, _ = scheduled(state, clients_for(name, r))
+    ref, _ = jax.jit(build(name, lr=LR * f).round)(ref, clients_for(name, r))
+  chex.assert_trees_all_close(state, ref, rtol=1e-5, atol=1e-6)
+  unscheduled = run(name)[len(factors) - 1]
+  gaps = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                      state.params, unscheduled.params)
+  assert max(jax.tree.leaves(gaps)) > 1e-4  # the schedule did change the training
