@@ -67,22 +67,31 @@ def _target(study: Study) -> list[str]:
           "means over the runs that reached it (*reached* counts them).", ""]
 
 
-def _paired(spec: Paired | None, runs: Sequence[results.RunResult], by: Sequence[str],
+def _paired(specs: Sequence[Paired], runs: Sequence[results.RunResult], by: Sequence[str],
             metrics: Sequence[str], order) -> tuple[list[str], list[paired.Comparison]]:
-  """The comparisons section under the table, and the comparisons."""
-  if spec is None:
-    return [], []
+  """The comparisons sections under the table (one per family), and all comparisons."""
+  md, comparisons = [], []
+  for spec in specs:
+    m, c = _paired_family(spec, runs, by, metrics, order, titled=len(specs) > 1)
+    md, comparisons = md + m, comparisons + c
+  return md, comparisons
+
+
+def _paired_family(spec: Paired, runs: Sequence[results.RunResult], by: Sequence[str],
+                   metrics: Sequence[str], order, titled: bool):
   comparisons = paired.compare(runs, by, spec, paired.metrics_of(spec, metrics), order)
   if not comparisons:
     return [], []
   ref = ", ".join(f"{k}={v}" for k, v in spec.reference.items())
-  return ["### Paired differences against the reference", "",
+  where = ", ".join(f"{k}={v}" for k, v in spec.where.items())
+  title = f" (rows with {where})" if where and titled else ""
+  return [f"### Paired differences against {ref if titled else 'the reference'}{title}", "",
           f"Each row is compared with the {ref} row that has its other labels, run by run: "
           "runs are paired by seed (and every other axis label); *difference* is the mean "
           "over pairs of row − reference ± the 95% Student-t half-width; *paired t p* and "
           "*Wilcoxon p* (signed-rank, zero differences dropped, exact for small n) are "
           "two-sided; *Holm p* adjusts the t-test p-values for all tested comparisons of this "
-          f"table (Holm–Bonferroni step-down); a row is significant when Holm p ≤ {spec.alpha:g}. "
+          f"{'family' if titled else 'table'} (Holm–Bonferroni step-down); a row is significant when Holm p ≤ {spec.alpha:g}. "
           "*pairs* counts the pairs used and, in brackets, runs without a same-seed partner "
           "(unpaired) and pairs without the metric (missing). With 3 seeds the exact Wilcoxon "
           "p-value cannot go below 0.25, and only large, consistent differences survive Holm.",
@@ -190,7 +199,7 @@ def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
   if rep.relative and "relative.drop" not in metrics:
     metrics += ["relative.accuracy", "relative.drop"]
   rows = tables.aggregate(runs, by, metrics, order)
-  paired_md, comparisons = _paired(rep.paired_spec(), runs, by, metrics, order)
+  paired_md, comparisons = _paired(rep.paired_specs(), runs, by, metrics, order)
   stem = os.path.splitext(out_md)[0]
   os.makedirs(os.path.dirname(os.path.abspath(out_md)), exist_ok=True)
   run_metrics = list(dict.fromkeys(metrics + [c.metric for c in comparisons]))

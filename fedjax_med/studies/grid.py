@@ -109,9 +109,9 @@ def check(study: Study) -> None:
     named.append(("report.relative", rep.relative.axis, rep.relative.reference))
   if rep.baseline:
     named += [("report.baseline.where", a, v) for a, v in rep.baseline.where.items()]
-  if rep.paired:
-    named += [("report.paired.reference", a, v) for a, v in rep.paired.reference.items()]
-    named += [("report.paired.where", a, v) for a, v in rep.paired.where.items()]
+  for p in rep.paired_specs() if rep.paired else ():
+    named += [("report.paired.reference", a, v) for a, v in p.reference.items()]
+    named += [("report.paired.where", a, v) for a, v in p.where.items()]
   for i, fig in enumerate(rep.figures):
     named += [(f"report.figures[{i}] ({type(fig).__name__})", a, v) for a, v in fig.labels()]
   for where, axis, label in named:

@@ -224,9 +224,11 @@ class ReportSpec:
     target: fills ``target.*`` (rounds, time, MB to a fraction of a reference accuracy).
     relative: adds ``relative.accuracy`` and ``relative.drop`` columns.
     baseline: a published number to compare with.
-    paired: the reference of the paired comparisons under the table (None: the
+    paired: the reference of the paired comparisons under the table, or a tuple of
+      them (one family each, e.g. the alpha axis against IID and the algorithms
+      against FedAvg at one alpha; Holm corrects within a family). None: the
       ``target`` reference, else the ``relative`` reference, else no comparisons;
-      see :meth:`paired_spec`).
+      see :meth:`paired_specs`.
     figures: the plots, in order.
   """
 
@@ -235,7 +237,7 @@ class ReportSpec:
   target: Target | None = None
   relative: Relative | None = None
   baseline: Baseline | None = None
-  paired: Paired | None = None
+  paired: Paired | tuple[Paired, ...] | None = None
   figures: tuple[Figure, ...] = ()
 
   def __post_init__(self):
@@ -248,27 +250,35 @@ class ReportSpec:
       if isinstance(fig, HeatmapFigure) and fig.relative and self.relative is None:
         raise ValueError(f"ReportSpec.figures[{i}]: HeatmapFigure(relative=True) needs "
                          "ReportSpec(relative=Relative(...))")
-    for name, cls in (("target", Target), ("relative", Relative), ("baseline", Baseline),
-                      ("paired", Paired)):
+    if isinstance(self.paired, list):
+      object.__setattr__(self, "paired", tuple(self.paired))
+    for name, cls in (("target", Target), ("relative", Relative), ("baseline", Baseline)):
       value = getattr(self, name)
       if value is not None and not isinstance(value, cls):
         raise TypeError(f"ReportSpec.{name} must be a {cls.__name__}, got {value!r}")
-    if self.paired and not self._tabulated(self.paired.reference):
-      raise ValueError(f"ReportSpec.paired: the reference axes {sorted(self.paired.reference)} "
-                       f"must be table axes {list(self.table)}")
+    families = self.paired if isinstance(self.paired, tuple) else (
+        () if self.paired is None else (self.paired,))
+    for p in families:
+      if not isinstance(p, Paired):
+        raise TypeError(f"ReportSpec.paired must be a Paired or a tuple of them, got {p!r}")
+      if not self._tabulated(p.reference):
+        raise ValueError(f"ReportSpec.paired: the reference axes {sorted(p.reference)} "
+                         f"must be table axes {list(self.table)}")
 
   def _tabulated(self, axes) -> bool:
     return not self.table or set(axes) <= set(self.table)
 
-  def paired_spec(self) -> Paired | None:
-    """The paired comparisons' spec: ``paired``, else one built from the reference the
-    study already names (``target.reference``, else ``relative``) when its axes are
-    table axes, else None (no comparisons)."""
-    if self.paired is not None:
+  def paired_specs(self) -> tuple[Paired, ...]:
+    """The paired comparisons' families: ``paired``, else one built from the reference
+    the study already names (``target.reference``, else ``relative``) when its axes
+    are table axes, else none."""
+    if isinstance(self.paired, tuple):
       return self.paired
+    if self.paired is not None:
+      return (self.paired,)
     named = ([dict(self.target.reference)] if self.target else []) + (
         [{self.relative.axis: self.relative.reference}] if self.relative else [])
-    return next((Paired(reference=ref) for ref in named if self._tabulated(ref)), None)
+    return next(((Paired(reference=ref),) for ref in named if self._tabulated(ref)), ())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -244,13 +244,13 @@ def test_summary_claims_nothing_when_nothing_is_significant(tmp_path):
 
 
 def test_paired_spec_defaults_to_the_named_reference():
-  assert ReportSpec().paired_spec() is None
+  assert ReportSpec().paired_specs() == ()
   spec = ReportSpec(table=("data", "alg"), target=Target(reference={"alg": "ref"}))
-  assert spec.paired_spec() == Paired(reference={"alg": "ref"})
+  assert spec.paired_specs() == (Paired(reference={"alg": "ref"}),)
   spec = ReportSpec(table=("data", "alg"), relative=Relative(axis="alg", reference="ref"))
-  assert spec.paired_spec() == Paired(reference={"alg": "ref"})
+  assert spec.paired_specs() == (Paired(reference={"alg": "ref"}),)
   # a derived reference on an axis the table does not show: no comparisons
-  assert ReportSpec(table=("data",), target=Target(reference={"alg": "ref"})).paired_spec() is None
+  assert ReportSpec(table=("data",), target=Target(reference={"alg": "ref"})).paired_specs() == ()
   with pytest.raises(ValueError, match="must be table axes"):
     ReportSpec(table=("data",), paired=Paired(reference={"alg": "ref"}))
   with pytest.raises(TypeError, match="must be a Paired"):
@@ -308,3 +308,27 @@ def test_baseline_sentence_claims_only_significant_differences(tmp_path):
                                        accuracy=float(np.mean(ref)) + 0.001, auc=0.9, source="Paper"))
   (line,) = [x for x in document._baseline(study, runs, ["data", "alg"]) if x.startswith("Paper")]
   assert "ACC -0.001 (Holm p" in line and "not significant; no difference is claimed" in line
+
+
+def test_families_of_comparisons_each_get_their_own_holm(tmp_path):
+  """Two references (e.g. the alpha axis against IID, the algorithms against FedAvg):
+  one section each, Holm within each family, both in the paired CSV."""
+  fams = (Paired(reference={"alg": "ref"}, where={"data": "d1"}),
+          Paired(reference={"data": "d1"}, where={"alg": "big"}))
+  study = make_study(metrics=("test.accuracy",), paired=fams)
+  write_sweep(tmp_path / "sweep", study)
+  out = tmp_path / "syn.md"
+  result = document.make_report(study, str(tmp_path / "sweep"), "syn.py:cpu", str(out),
+                                plots_ok=False)
+  text = out.read_text()
+  assert "### Paired differences against alg=ref (rows with data=d1)" in text
+  assert "### Paired differences against data=d1 (rows with alg=big)" in text
+  runs = results.collect(study, str(tmp_path / "sweep"))
+  for fam in fams:
+    alone = paired.compare(runs, ["data", "alg"], fam, ["test.accuracy"],
+                           grid.axis_order(study))
+    ours = [c for c in result["comparisons"] if c.reference == alone[0].reference]
+    assert [c.holm_p for c in ours] == [c.holm_p for c in alone]  # Holm within the family
+  assert len(result["comparisons"]) == 3  # d1: big, null vs ref; d2/big vs d1/big
+  with pytest.raises(TypeError, match="must be a Paired"):
+    ReportSpec(paired=(fams[0], {"alg": "ref"}))
