@@ -184,7 +184,8 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
         evaluate(state.params, r + 1,
                  {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
       if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
-        record({"round": r + 1, "split": "analysis", **analysis_fn(state.params, r + 1)})
+        record({"round": r + 1, "split": "analysis",
+                **_stability(analysis_fn(state.params, r + 1), exp.plan, fl.client_lr, r)})
       if (r + 1) % config.ckpt.every == 0 or done:
         ckpt.save(state)
   finally:
@@ -281,6 +282,17 @@ def _mean_loss(m: types.RoundMetrics) -> float:
   if steps.sum() == 0:
     return 0.0
   return float(np.asarray(m.client_loss).sum() / steps.sum())
+
+
+def _stability(measured: dict, plan, client_lr: float, round_: int) -> dict:
+  """Adds ``stability_ratio`` = lambda_max * lr / 2 at this round's client lr: gradient
+  descent at lr is stable along the top Hessian direction only while it is < 1 (2 / lr,
+  the edge of stability of Cohen et al. 2021)."""
+  lam = measured.get("lambda_max")
+  if lam is None or not np.isfinite(lam):
+    return measured
+  scale = 1.0 if plan.client_lr_scale is None else float(plan.client_lr_scale(round_))
+  return {**measured, "stability_ratio": float(lam) * client_lr * scale / 2.0}
 
 
 def _make_analysis_fn(config: ml_collections.ConfigDict, model, ds):
