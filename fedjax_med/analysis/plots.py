@@ -35,11 +35,27 @@ def _pyplot():
   return plt
 
 
+# Multi-axis figures are at most this wide (inches at 120 dpi: 1,200 px), so that they
+# are readable in a 1,200 px column without scaling their text down.
+MAX_WIDTH_IN = 10.0
+
+
 def _save(plt, fig, path: str) -> str:
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps a legend placed outside the axes
   plt.close(fig)
   return path
+
+
+def _legend_below(fig, axes) -> None:
+  """One legend for the whole figure, below the axes, so it never covers data."""
+  seen = {}
+  for ax in axes:
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+      seen.setdefault(label, handle)
+  if seen:
+    fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(4, len(seen)), fontsize=8, frameon=False)
 
 
 def curves(
@@ -122,8 +138,13 @@ def panels(
   """
   plt = _pyplot()
   n = max(1, len(panel_lines))
-  fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), squeeze=False)
-  for ax, (title, lines) in zip(axes[0], panel_lines.items(), strict=False):
+  cols = min(n, 2)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(min(5.0 * cols, MAX_WIDTH_IN), 3.6 * rows),
+                           squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  for ax, (title, lines) in zip(axes.flat, panel_lines.items(), strict=False):
     for name, (x, y, ci) in lines.items():
       x, y, ci = (np.asarray(v, np.float64) for v in (x, y, ci))
       (line,) = ax.plot(x, y, label=name, marker=".", markersize=3)
@@ -136,7 +157,8 @@ def panels(
       ax.set_xticks(range(len(xticks)), list(xticks))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+  fig.tight_layout()
+  _legend_below(fig, axes.flat[:n])
   return _save(plt, fig, path)
 
 
@@ -148,10 +170,11 @@ def grouped_bars(
   """One axis per metric; bars ``metric -> group -> x label -> (mean, ci)`` with error bars."""
   plt = _pyplot()
   n = max(1, len(metrics))
-  cols = min(n, 2)
-  rows = -(-n // cols)
   w = max(4.5, 1.5 + 0.35 * _width(metrics) * max(1, len(next(iter(metrics.values()), {}))))
-  fig, axes = plt.subplots(rows, cols, figsize=(w * cols, 3.6 * rows), squeeze=False)
+  cols = min(n, 2) if 2 * w <= MAX_WIDTH_IN else 1  # wide bar groups: one axis per row
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(min(w * cols, MAX_WIDTH_IN), 3.6 * rows),
+                           squeeze=False)
   for ax in axes.flat[n:]:
     ax.axis("off")
   for ax, (metric, groups) in zip(axes.flat, metrics.items(), strict=False):
@@ -165,8 +188,9 @@ def grouped_bars(
     ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=7)
     ax.set(xlabel=xlabel, title=metric)
     ax.grid(axis="y", alpha=0.3)
-    if len(groups) > 1:
-      ax.legend(fontsize=7)
+  fig.tight_layout()
+  if any(len(groups) > 1 for groups in metrics.values()):
+    _legend_below(fig, axes.flat[:n])
   return _save(plt, fig, path)
 
 
