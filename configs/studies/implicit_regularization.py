@@ -16,9 +16,10 @@ Every run measures, on a fixed 500-example training subset in eval mode, at
 its last round: lambda_max (Lanczos), Hessian trace (Hutchinson, 20 probes),
 Keskar epsilon-sharpness (1e-3), the generalization gap (test loss - train
 loss) and ``stability_ratio`` = lambda_max * lr / 2 (>= 1: above the edge of
-stability 2 / lr of gradient descent at the client lr). Compare sharpness only
-between rows whose ``analysis.loss`` (training loss) is similar: sharpness falls
-as a model fits. Post steps scan loss landscapes (1D/2D, filter-normalized) around
+stability 2 / lr of gradient descent at the client lr). Sharpness falls as a
+model fits, so every run measures it 5 times and the ``matched.*`` columns read
+it at the training loss that every run of the dataset reached
+(``ReportSpec.matched``; ``matched.round`` says when). Post steps scan loss landscapes (1D/2D, filter-normalized) around
 the seed-0 models and the straight line from each FedAvg model to the centralized
 one from the same initialization (same seed) and from a different one (seed 1),
 with two centralized runs from different initializations as the control: a low
@@ -30,7 +31,7 @@ full: T=500, both datasets, seeds 0-4.
 """
 
 from configs.studies import common
-from fedjax_med.studies.specs import BarFigure, Post, ReportSpec, Study
+from fedjax_med.studies.specs import BarFigure, Matched, Post, ReportSpec, Study
 
 
 def get_study(preset: str = "cpu") -> Study:
@@ -42,7 +43,7 @@ def get_study(preset: str = "cpu") -> Study:
   def fed(steps, **extra):
     rounds = total // steps
     return {"fl.local_steps": steps, "fl.rounds": rounds, "eval.every": max(1, rounds // 5),
-            "ckpt.every": rounds, "analysis.every": rounds, **extra}
+            "ckpt.every": rounds, "analysis.every": max(1, rounds // 5), **extra}
 
   methods = {
       "fedavg_S1": fed(1),
@@ -54,7 +55,7 @@ def get_study(preset: str = "cpu") -> Study:
   }
   central_rounds = total // 5
   pooled = {"fl.rounds": central_rounds, "eval.every": central_rounds // 5,
-            "ckpt.every": central_rounds, "analysis.every": central_rounds}
+            "ckpt.every": central_rounds, "analysis.every": central_rounds // 5}
   central = {**common.centralized(clients, 5), **pooled}
   # batch K*B, S steps per round: S=1 of it is S=1 FedAvg's step on IID clients
   large_batch = {**common.centralized(1, 5), "fl.batch_size": clients * 64, **pooled}
@@ -92,10 +93,11 @@ def get_study(preset: str = "cpu") -> Study:
       report=ReportSpec(
           table=("data", "partition", "method"),
           metrics=("selected.best_val.test.balanced_accuracy", "test.auc", "analysis.loss",
-                   "analysis.lambda_max", "analysis.stability_ratio", "analysis.trace",
-                   "analysis.eps_sharpness", "gap.loss"),
+                   "analysis.lambda_max", "analysis.stability_ratio", "matched.lambda_max",
+                   "matched.trace", "matched.eps_sharpness", "matched.round", "gap.loss"),
+          matched=Matched(within=("data",)),
           figures=(BarFigure(x="method", color="partition",
-                             metrics=("analysis.lambda_max", "analysis.trace",
-                                      "analysis.eps_sharpness", "gap.loss")),)),
+                             metrics=("matched.lambda_max", "matched.trace",
+                                      "matched.eps_sharpness", "gap.loss")),)),
       description=__doc__,
   )

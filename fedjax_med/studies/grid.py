@@ -102,6 +102,8 @@ def check(study: Study) -> None:
 
   for axis in rep.table:
     need("report.table", axis)
+  for axis in rep.matched.within if rep.matched else ():
+    need("report.matched.within", axis)
   named = []
   if rep.target:
     named += [("report.target.reference", a, v) for a, v in rep.target.reference.items()]

@@ -19,7 +19,9 @@ field a run lacks (or that is None, a string or a list) is simply absent. Among 
   the first evaluation at which test accuracy reached ``Target.fraction`` of the
   mean final accuracy of the reference runs (matched on the other non-seed
   axes), None if it never did,
-- ``relative.accuracy`` / ``relative.drop`` against a same-seed reference run.
+- ``relative.accuracy`` / ``relative.drop`` against a same-seed reference run,
+- ``matched.*``: the analysis record at a training loss every run of its group
+  reached (``ReportSpec.matched``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedjax_med.studies import grid
-from fedjax_med.studies.specs import Relative, Study, Target
+from fedjax_med.studies.specs import Matched, Relative, Study, Target
 
 
 @dataclasses.dataclass
@@ -45,6 +47,7 @@ class RunResult:
     metrics: flat metric -> float | None.
     curve: test evaluations, dicts with round, accuracy, auc, elapsed_s, bytes_up.
     complete: whether the run wrote ``summary.json``.
+    analysis: the sharpness records of ``metrics.jsonl``, in round order.
   """
 
   name: str
@@ -52,6 +55,7 @@ class RunResult:
   metrics: dict
   curve: list
   complete: bool
+  analysis: list = dataclasses.field(default_factory=list)
 
 
 def _flatten(prefix: str, node, out: dict) -> None:
@@ -93,7 +97,7 @@ def read_run(sweep_dir: str, run: grid.Run) -> RunResult:
                           if k not in ("round", "split", "seconds")}, flat)
     if "test.loss" in flat and "analysis.loss" in flat:
       flat["gap.loss"] = flat["test.loss"] - flat["analysis.loss"]
-  return RunResult(run.name, dict(run.axes), flat, curve, complete)
+  return RunResult(run.name, dict(run.axes), flat, curve, complete, analysis)
 
 
 def collect(study: Study, sweep_dir: str) -> list[RunResult]:
@@ -103,6 +107,8 @@ def collect(study: Study, sweep_dir: str) -> list[RunResult]:
     add_targets(results, study.report.target)
   if study.report.relative:
     add_relative(results, study.report.relative)
+  if study.report.matched:
+    add_matched(results, study.report.matched)
   return results
 
 
@@ -145,6 +151,33 @@ def add_relative(results: list[RunResult], relative: Relative) -> None:
     if ref and acc is not None:
       r.metrics["relative.accuracy"] = acc / ref
       r.metrics["relative.drop"] = ref - acc
+
+
+def add_matched(results: list[RunResult], matched: Matched) -> None:
+  """Fills ``matched.*`` (see :class:`Matched`): each run's first analysis record at or
+  below the highest best training loss of the complete runs of its group."""
+  def key(r):
+    return tuple(r.axes.get(a) for a in matched.within)
+
+  def losses(r):
+    return [x[matched.loss] for x in r.analysis
+            if isinstance(x.get(matched.loss), (int, float)) and np.isfinite(x[matched.loss])]
+
+  level: dict[tuple, float] = {}
+  for r in results:
+    if r.complete and losses(r):
+      level[key(r)] = max(level.get(key(r), -np.inf), min(losses(r)))
+  for r in results:
+    lv = level.get(key(r))
+    if lv is None or not r.complete:
+      continue
+    hit = next((x for x in r.analysis if isinstance(x.get(matched.loss), (int, float))
+                and x[matched.loss] <= lv), None)
+    if hit is None:
+      continue
+    r.metrics["matched.level"] = lv
+    _flatten("matched", {k: v for k, v in hit.items() if k not in ("split", "seconds")},
+             r.metrics)
 
 
 def select(results: Sequence[RunResult], where: Mapping[str, str]) -> list[RunResult]:

@@ -205,6 +205,26 @@ class Paired:
 
 
 @dataclasses.dataclass(frozen=True)
+class Matched:
+  """Sharpness compared at a matched training loss (``matched.*`` metrics).
+
+  Sharpness falls as a model fits its data, so comparing the last records of runs
+  that reached different training losses confounds the two. Runs with the same
+  labels on the ``within`` axes form a group; the group's level is the highest of
+  its complete runs' lowest ``analysis.<loss>`` (the loss every run reached); each
+  run's ``matched.*`` are the fields of its first analysis record at or below that
+  level (``matched.round`` when, ``matched.level`` the level). Runs need several
+  analysis records (``analysis.every`` < ``fl.rounds``).
+  """
+
+  within: tuple[str, ...] = ()
+  loss: str = "loss"
+
+  def __post_init__(self):
+    _as_tuple(self, "within")
+
+
+@dataclasses.dataclass(frozen=True)
 class Baseline:
   """A published result to compare the table row picked by ``where`` with."""
 
@@ -224,6 +244,7 @@ class ReportSpec:
     target: fills ``target.*`` (rounds, time, MB to a fraction of a reference accuracy).
     relative: adds ``relative.accuracy`` and ``relative.drop`` columns.
     baseline: a published number to compare with.
+    matched: adds ``matched.*`` sharpness at a matched training loss (:class:`Matched`).
     paired: the reference of the paired comparisons under the table, or a tuple of
       them (one family each, e.g. the alpha axis against IID and the algorithms
       against FedAvg at one alpha; Holm corrects within a family). None: the
@@ -238,6 +259,7 @@ class ReportSpec:
   relative: Relative | None = None
   baseline: Baseline | None = None
   paired: Paired | tuple[Paired, ...] | None = None
+  matched: Matched | None = None
   figures: tuple[Figure, ...] = ()
 
   def __post_init__(self):
@@ -252,7 +274,8 @@ class ReportSpec:
                          "ReportSpec(relative=Relative(...))")
     if isinstance(self.paired, list):
       object.__setattr__(self, "paired", tuple(self.paired))
-    for name, cls in (("target", Target), ("relative", Relative), ("baseline", Baseline)):
+    for name, cls in (("target", Target), ("relative", Relative), ("baseline", Baseline),
+                      ("matched", Matched)):
       value = getattr(self, name)
       if value is not None and not isinstance(value, cls):
         raise TypeError(f"ReportSpec.{name} must be a {cls.__name__}, got {value!r}")

@@ -189,3 +189,31 @@ def test_landscape_table_and_plots_of_post_steps(tmp_path):
   header, _, row = md.splitlines()
   assert header == ("| step | loss at A | loss at ±span (dir 1, max) | loss at B | barrier on A→B |")
   assert row == "| ab | 1.0000 | 3.0000 | 2.0000 | 1.0000 |"
+
+
+def test_matched_sharpness_is_read_at_the_loss_every_run_of_the_group_reached(tmp_path):
+  """Group level = the highest best loss; each run's first record at or below it."""
+  from fedjax_med.studies import results
+  from fedjax_med.studies.specs import Matched
+
+  def run(name, data, losses, complete=True):
+    records = [{"round": i + 1, "split": "analysis", "loss": x, "lambda_max": 10.0 * x}
+               for i, x in enumerate(losses)]
+    return results.RunResult(name, {"data": data, "seed": "0"}, {}, [], complete, records)
+
+  runs = [run("fast", "d1", [0.9, 0.4, 0.2, 0.1]),
+          run("slow", "d1", [1.0, 0.8, 0.5, 0.3]),  # best 0.3: the d1 level
+          run("other", "d2", [0.7, 0.6]),  # its own group: level 0.6
+          run("unfinished", "d1", [2.0], complete=False)]  # neither sets nor gets a level
+  results.add_matched(runs, Matched(within=("data",)))
+  fast, slow, other, unfinished = (r.metrics for r in runs)
+  assert fast["matched.level"] == 0.3 and fast["matched.round"] == 3  # first <= 0.3 is 0.2
+  assert fast["matched.lambda_max"] == pytest.approx(2.0)
+  assert slow["matched.round"] == 4 and slow["matched.loss"] == 0.3
+  assert other["matched.level"] == 0.6 and other["matched.round"] == 2
+  assert unfinished == {}
+  with pytest.raises(ValueError, match="report.matched.within"):
+    from fedjax_med.studies import grid
+    from fedjax_med.studies.specs import ReportSpec, Study
+    grid.check(Study(name="s", preset="cpu", base="b.py", grids=({"data": {"d1": {}}},),
+                        seeds=(0,), report=ReportSpec(matched=Matched(within=("nope",)))))
