@@ -175,6 +175,9 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
           "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
           "pseudo_grad_norm": float(m.pseudo_grad_norm),
           **comm_bytes(r + 1),
+          # the round's client lr, when a schedule changes it (fl.client_lr_schedule / warmup)
+          **({"client_lr": fl.client_lr * float(exp.plan.client_lr_scale(r))}
+             if exp.plan.client_lr_scale is not None else {}),
           **({k: float(v) for k, v in jax.device_get(diagnose(state)).items()} if diagnose
              else {}),
       })

@@ -226,6 +226,23 @@ def test_periodic_sharpness_logging(data_root, tmp_path):
   rows = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "analysis"]
   assert [r["round"] for r in rows] == [1, 2]
   assert all(np.isfinite(r["lambda_max"]) for r in rows)
+  # lambda_max against 2 / lr at the round's client lr (0.1)
+  assert all(r["stability_ratio"] == pytest.approx(r["lambda_max"] * 0.1 / 2) for r in rows)
+
+
+def test_adamw_with_warmup_and_cosine_logs_the_scheduled_client_lr(data_root, tmp_path):
+  config = small_config(data_root, **{
+      "fl.client_opt": "adamw", "fl.client_lr": 0.01, "fl.client_weight_decay": 0.05,
+      "fl.client_lr_schedule": "cosine", "fl.client_warmup_rounds": 2,
+      "fl.client_lr_min_ratio": 0.1})
+  train.train_and_evaluate(config, str(tmp_path))
+  rows = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if r["split"] == "train"]
+  # warmup 1/2, 2/2 of 0.01; then cosine from the peak to 0.1 x at the last of 4 rounds
+  assert [r["client_lr"] for r in rows] == pytest.approx([0.005, 0.01, 0.0055, 0.001])
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["fl"]["client_opt"] == "adamw" and saved["fl"]["client_momentum"] == 0.0
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert np.isfinite(summary["test"]["loss"])
 
 
 def test_site_feature_skew_run(data_root, tmp_path):
