@@ -10,8 +10,8 @@ round, 40 rounds, seed 0, the preset file's untuned hyper-parameters.
 configs/studies/heterogeneity.py asks the same question with seeds and intervals.
 """
 
-from configs import algorithms
-from configs.studies import common
+from fedjax_med.configs import algorithms
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import ReportSpec, Study
 
 

@@ -16,7 +16,7 @@ full: ResNet-18 (BN/GN/LN), vit_ti, convnext_atto, both datasets, 10 clients,
 all per round, S=5, B=64, 100 rounds, seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import BarFigure, HeatmapFigure, Relative, ReportSpec, Study
 
 

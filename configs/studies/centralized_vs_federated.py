@@ -20,7 +20,7 @@ full: ResNet-18 (the MedMNIST v2 baseline architecture, GroupNorm for FedAvg),
 100 rounds, seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import Baseline, CurveFigure, Paired, ReportSpec, Study, Target
 
 

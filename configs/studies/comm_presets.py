@@ -11,8 +11,8 @@ accuracy / AUC, MB uploaded and rounds and bytes until test accuracy reached
 question with seeds and intervals.
 """
 
-from configs import comm
-from configs.studies import common
+from fedjax_med.configs import comm
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import ReportSpec, Study
 
 METRICS = ("test.accuracy", "test.auc", "rounds_completed", "rounds_to_target",

@@ -16,8 +16,8 @@ cpu: small CNN, PneumoniaMNIST, seeds 0-2.  full: both datasets, ResNet-8 (GN),
 5x the budget, seeds 0-4.
 """
 
-from configs import comm
-from configs.studies import common
+from fedjax_med.configs import comm
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import CurveFigure, ReportSpec, Study, Target
 
 TOTAL = 150  # local steps per client over the run (cpu)

@@ -19,7 +19,7 @@ cpu (20 rounds, 10 clients, S=5, seeds 0-2), three grids:
 full: every algorithm x every partition x both datasets, 100 rounds, seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import (
   BarFigure,
   CurveFigure,

@@ -18,7 +18,7 @@ cpu: small CNN, PneumoniaMNIST, T=100 (S=1: 100 rounds, S=5: 20, S=20: 5), seeds
 full: T=500, both datasets, seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import BarFigure, Post, ReportSpec, Study
 
 

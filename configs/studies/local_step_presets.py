@@ -10,8 +10,8 @@ tabulates test accuracy / AUC, MB uploaded and rounds and bytes until test
 accuracy reached ``comm.target_accuracy`` (0.8).
 """
 
-from configs import local_steps
-from configs.studies import comm_presets, common
+from fedjax_med.configs import local_steps
+from fedjax_med.configs.studies import comm_presets, common
 from fedjax_med.studies.specs import ReportSpec, Study
 
 STEPS = (1, 5, 20, 50)
