@@ -10,8 +10,8 @@ runs compare directly: small CNN (FedBN needs BatchNorm: ``resnet8_bn``),
 each on 2 CPU cores (FedBN's ResNet and FedSAM's double gradient take longer).
 """
 
-from configs import base
 from fedjax_med.algorithms import registry
+from fedjax_med.configs import base
 
 # Settings pinned per algorithm (the README's table was measured with these; they
 # equal the registry defaults today); everything not listed is base.py's default.

@@ -10,7 +10,7 @@ entries). ``summary.json`` has ``total_bytes_up`` and ``bytes_up_to_target``
 (test accuracy >= ``comm.target_accuracy``).
 """
 
-from configs import base, quickstart
+from fedjax_med.configs import base, quickstart
 
 PRESETS = {
     "none": {},

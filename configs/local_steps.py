@@ -9,7 +9,7 @@ run. More local steps mean fewer rounds, hence fewer bytes; ``summary.json``
 reports ``rounds_to_target`` and ``bytes_up_to_target``.
 """
 
-from configs import base, quickstart
+from fedjax_med.configs import base, quickstart
 
 TOTAL_LOCAL_STEPS = 300
 

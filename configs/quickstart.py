@@ -8,7 +8,7 @@ On 2 CPU cores it takes 30-60 s and reached test accuracy 0.881 / AUC 0.930
 (seed 0; README has seeds 1-3). Its centralized counterpart is configs/quickstart_centralized.py.
 """
 
-from configs import base
+from fedjax_med.configs import base
 
 
 def get_config():

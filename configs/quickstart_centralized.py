@@ -11,7 +11,7 @@ evaluated on the same per-site held-out data. ``summary.json`` of both runs
 compare directly.
 """
 
-from configs import quickstart
+from fedjax_med.configs import quickstart
 
 
 def get_config():

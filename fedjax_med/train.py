@@ -17,7 +17,6 @@ import functools
 import logging
 import math
 import os
-import sys
 import time
 
 import jax
@@ -29,44 +28,9 @@ from fedjax_med import batching, checkpoint, experiment, metrics, partition, sha
 from fedjax_med import config as config_lib
 from fedjax_med import workdir as workdir_lib
 from fedjax_med.errors import NonFiniteLossError
+from fedjax_med.progress import Progress
 
 log = logging.getLogger(__name__)
-
-
-class _Progress:
-  """A tqdm bar on a terminal, else a log line every ~10% of the run with s/round and ETA."""
-
-  def __init__(self, mode: str, total: int, initial: int):
-    self.total, self.initial, self.bar = total, initial, None
-    if mode == "auto":
-      mode = "bar" if sys.stderr.isatty() else "lines"
-    self.mode = mode
-    self.every = max(1, total // 10)
-    self.t_first = None  # after the first (compiling) round: the steady pace
-    if mode == "bar":
-      import tqdm
-
-      self.bar = tqdm.tqdm(total=total, initial=initial, unit="round", dynamic_ncols=True)
-
-  def update(self, round_idx: int, loss: float) -> None:
-    now = time.time()
-    if self.t_first is None:
-      self.t_first, self.first_round = now, round_idx
-    if self.bar is not None:
-      self.bar.set_postfix(loss=f"{loss:.4f}")
-      self.bar.update(1)
-    elif self.mode == "lines" and (round_idx % self.every == 0 or round_idx == self.total):
-      done = round_idx - self.first_round
-      if not done:  # the first round after (re)start includes the compile: no pace yet
-        log.info("round %d/%d  train loss %.4f", round_idx, self.total, loss)
-        return
-      pace = (now - self.t_first) / done
-      log.info("round %d/%d  train loss %.4f  %.2f s/round  ETA %.0f s", round_idx, self.total,
-               loss, pace, pace * (self.total - round_idx))
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
 
 
 def train_and_evaluate(
@@ -132,7 +96,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
   diagnose = exp.algorithm.diagnostics and jax.jit(exp.algorithm.diagnostics)
   state_finite = jax.jit(_all_finite)
   analysis_fn = _make_analysis_fn(config, exp.model, ds)
-  progress = _Progress(config.log.progress, fl.rounds, start)
+  progress = Progress(fl.rounds, mode=config.log.progress, unit="round", initial=start)
   events = metrics.EventWriter(os.path.join(workdir, "tensorboard"))
   events.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
 
@@ -181,7 +145,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
           **({k: float(v) for k, v in jax.device_get(diagnose(state)).items()} if diagnose
              else {}),
       })
-      progress.update(r + 1, train_loss)
+      progress.update(r + 1, f"train loss {train_loss:.4f}")
       done = r + 1 == fl.rounds
       if (r + 1) % config.eval.every == 0 or done:
         evaluate(state.params, r + 1,

@@ -1,7 +1,7 @@
 """Every algorithm of configs/algorithms.py under strong label skew, one run each.
 
   python launch/sweep.py --study=configs/studies/algorithm_presets.py:cpu
-  python analysis/study_report.py --study=configs/studies/algorithm_presets.py:cpu
+  python analysis/study_report.py --study=configs/studies/algorithm_presets.py:cpu --output=docs/results
 
 One axis, ``algorithm``, whose labels are the presets of configs/algorithms.py
 (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, scaffold, feddyn,
@@ -10,8 +10,8 @@ round, 40 rounds, seed 0, the preset file's untuned hyper-parameters.
 configs/studies/heterogeneity.py asks the same question with seeds and intervals.
 """
 
-from configs import algorithms
-from configs.studies import common
+from fedjax_med.configs import algorithms
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import ReportSpec, Study
 
 

@@ -1,8 +1,7 @@
 """Study 3: which architectures stay robust under label skew.
 
   python launch/sweep.py --study=configs/studies/architectures.py:cpu --jobs=2
-  python analysis/study_report.py --study=configs/studies/architectures.py:cpu \\
-      --output=docs/results
+  python analysis/study_report.py --study=configs/studies/architectures.py:cpu --output=docs/results
 
 The small CNN (the control), ResNet with BatchNorm / GroupNorm / LayerNorm, a
 ViT and a ConvNeXt, each trained centrally and with FedAvg on IID and
@@ -28,7 +27,7 @@ full: ResNet-18 (BN/GN/LN), vit_ti, convnext_atto, the three datasets, S=5,
 B=64, 100 rounds, seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import (
   BarFigure,
   HeatmapFigure,

@@ -1,7 +1,7 @@
 """Study 1: centralized vs federated training on the same samples.
 
   python launch/sweep.py --study=configs/studies/centralized_vs_federated.py:cpu --jobs=2
-  python analysis/study_report.py --study=configs/studies/centralized_vs_federated.py:cpu
+  python analysis/study_report.py --study=configs/studies/centralized_vs_federated.py:cpu --output=docs/results
 
 For each partition of the training split into 10 sites (IID, Dirichlet(0.5)),
 FedAvg vs centralized SGD on the pooled training shares of the same sites: same
@@ -20,7 +20,7 @@ full: ResNet-18 (the MedMNIST v2 baseline architecture, GroupNorm for FedAvg),
 100 rounds, seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import Baseline, CurveFigure, Paired, ReportSpec, Study, Target
 
 

@@ -1,7 +1,7 @@
 """Every upload compressor of configs/comm.py, one run each (the quickstart setup).
 
   python launch/sweep.py --study=configs/studies/comm_presets.py:cpu
-  python analysis/study_report.py --study=configs/studies/comm_presets.py:cpu
+  python analysis/study_report.py --study=configs/studies/comm_presets.py:cpu --output=docs/results
 
 One axis, ``preset``, whose labels are the presets of configs/comm.py (none,
 q8, q4, q2, q1, topk, topk_ef, randk, randk_ef): FedAvg on PneumoniaMNIST,
@@ -11,8 +11,8 @@ accuracy / AUC, MB uploaded and rounds and bytes until test accuracy reached
 question with seeds and intervals.
 """
 
-from configs import comm
-from configs.studies import common
+from fedjax_med.configs import comm
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import ReportSpec, Study
 
 METRICS = ("test.accuracy", "test.auc", "rounds_completed", "rounds_to_target",

@@ -1,7 +1,7 @@
 """Study 5: accuracy vs megabytes uploaded, for upload compressors and local-step settings.
 
   python launch/sweep.py --study=configs/studies/communication.py:cpu --jobs=2
-  python analysis/study_report.py --study=configs/studies/communication.py:cpu
+  python analysis/study_report.py --study=configs/studies/communication.py:cpu --output=docs/results
 
 The quickstart setting (FedAvg, Dirichlet(0.5), 10 clients, all per round) with
 the upload compressors of configs/comm.py at S=5 local steps (cpu: none, 8-, 4-
@@ -19,8 +19,8 @@ cpu: small CNN, PneumoniaMNIST, seeds 0-4.  full: both datasets, ResNet-8 (GN),
 5x the budget, seeds 0-4.
 """
 
-from configs import comm
-from configs.studies import common
+from fedjax_med.configs import comm
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import CurveFigure, Paired, ReportSpec, Study, Target
 
 TOTAL = 100  # local steps per client over the run (cpu)

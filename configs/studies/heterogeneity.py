@@ -1,8 +1,7 @@
 """Study 2: how non-IID clients hurt, and which algorithm copes.
 
   python launch/sweep.py --study=configs/studies/heterogeneity.py:cpu --jobs=2
-  python analysis/study_report.py --study=configs/studies/heterogeneity.py:cpu \
-      --output=docs/results
+  python analysis/study_report.py --study=configs/studies/heterogeneity.py:cpu --output=docs/results
 
 Label skew: per_client Dirichlet around the global class mix, q ~ Dir(alpha p)
 (Hsu et al. 2019), every run's measured skew in summary.json "heterogeneity"
@@ -26,7 +25,7 @@ full: every algorithm setting x every partition x the three datasets, 100 rounds
 seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import (
   BarFigure,
   CurveFigure,

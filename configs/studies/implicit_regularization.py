@@ -1,7 +1,7 @@
 """Study 4: does federated averaging land in flatter or sharper minima than centralized SGD?
 
   python launch/sweep.py --study=configs/studies/implicit_regularization.py:cpu --jobs=2
-  python analysis/study_report.py --study=configs/studies/implicit_regularization.py:cpu
+  python analysis/study_report.py --study=configs/studies/implicit_regularization.py:cpu --output=docs/results
 
 At one budget of sample-gradient evaluations (every client runs T local steps
 in total, so S local steps per round means T / S rounds; centralized SGD runs
@@ -30,7 +30,7 @@ cpu: small CNN, PneumoniaMNIST, T=100 (S=1: 100 rounds, S=5: 20, S=20: 5), seeds
 full: T=500, both datasets, seeds 0-4.
 """
 
-from configs.studies import common
+from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import BarFigure, Matched, Post, ReportSpec, Study
 
 

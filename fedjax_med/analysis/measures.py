@@ -5,11 +5,14 @@ tools (``lanczos``, ``trace``, ``sharpness``, ``landscape``, ``drift``), with
 the data passed as jit arguments. ``make_sharpness_fn(model, options)`` returns
 ``fn(variables, images, labels, key) -> dict`` whose metrics are each compiled
 once, so the same function serves the analysis CLI, every checkpoint of a run,
-and periodic use during training.
+and periodic use during training. Each step is compiled ahead of its call
+(logged as "compiling NAME..." with its time) and reported to an optional
+``on_step(done, total, name)`` callback (``fedjax_med.progress.step_callback``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -17,9 +20,13 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 
 from fedjax_med import types
 from fedjax_med.analysis import drift, lanczos, landscape, objective, sharpness, trace
+from fedjax_med.progress import StepCallback
+
+log = logging.getLogger(__name__)
 
 
 class SharpnessOptions(NamedTuple):
@@ -42,6 +49,25 @@ class SharpnessOptions(NamedTuple):
   density_grid: int = 256
 
 
+def _compiled(cache: dict, name: str, jitted, *args):
+  """``jitted`` compiled for ``args`` (kept in ``cache`` per name and argument shapes):
+  ``(executable, compile seconds or None when cached)``; the compile is logged."""
+  key = (name, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__)))
+                    for x in jax.tree.leaves(args)))
+  if key in cache:
+    return cache[key], None
+  log.info("compiling %s...", name)
+  t = time.perf_counter()
+  cache[key] = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - t
+  log.info("compiled %s in %.1f s", name, seconds)
+  return cache[key], seconds
+
+
+def _no_steps(done: int, total: int, name: str) -> None:
+  del done, total, name
+
+
 def _metric(model: nn.Module, batch_size: int, fn) -> Callable:
   """jit of ``fn(loss_fn, params, key, images, labels, model_state)`` with data as arguments."""
 
@@ -54,13 +80,15 @@ def _metric(model: nn.Module, batch_size: int, fn) -> Callable:
 
 
 def make_sharpness_fn(model: nn.Module, options: SharpnessOptions = SharpnessOptions()):
-  """Builds ``fn(variables, images, labels, key) -> dict`` of JSON-ready metrics.
+  """Builds ``fn(variables, images, labels, key, on_step=None) -> dict`` of JSON-ready metrics.
 
   The dict has ``loss``, ``lambda_max``, ``top_eigenvalues``, ``lanczos_steps``, ``trace``,
   ``trace_stderr``, ``eps_sharpness`` (Keskar's percentage) and
   ``eps_sharpness_abs``, ``m_sharpness`` (absolute, as in Foret et al.) and
   ``m_sharpness_rel``, optionally ``density`` (``grid``, ``density``), plus
-  ``seconds`` per metric (the first call includes compilation) and ``num_params``.
+  ``seconds`` per metric (its run, without compilation), ``compile_seconds`` (of the
+  metrics compiled by this call) and ``num_params``. ``on_step(done, total, name)`` is
+  called before the first metric (``done=0``) and after each.
   """
   o = options
   bs = o.batch_size
@@ -99,18 +127,29 @@ def make_sharpness_fn(model: nn.Module, options: SharpnessOptions = SharpnessOpt
 
     metrics["density"] = _metric(model, bs, density)
 
-  def fn(variables, images, labels, key) -> dict:
+  cache = {}
+
+  def fn(variables, images, labels, key, on_step: StepCallback | None = None) -> dict:
+    on_step = on_step or _no_steps
     params, model_state = objective.split_variables(variables)
-    out, seconds = {}, {}
-    for i, (name, metric) in enumerate(metrics.items()):
-      if name == "m_sharpness" and len(labels) < o.m:
-        continue
+    out, seconds, compile_seconds = {}, {}, {}
+    todo = [(i, name) for i, name in enumerate(metrics)
+            if not (name == "m_sharpness" and len(labels) < o.m)]
+    on_step(0, len(todo), "")
+    for done, (i, name) in enumerate(todo, 1):
+      args = (params, model_state, images, labels, jax.random.fold_in(key, i))
+      compiled, compile_s = _compiled(cache, name, metrics[name], *args)
+      if compile_s is not None:
+        compile_seconds[name] = compile_s
       t = time.perf_counter()
-      value = jax.device_get(metric(params, model_state, images, labels, jax.random.fold_in(key, i)))
+      value = jax.device_get(compiled(*args))
       seconds[name] = time.perf_counter() - t
       out.update(_to_json(name, value))
+      on_step(done, len(todo), name)
     out["num_params"] = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     out["seconds"] = seconds
+    if compile_seconds:
+      out["compile_seconds"] = compile_seconds
     return out
 
   return fn
@@ -135,6 +174,7 @@ def make_round_metrics_fn(
   def compute(variables: dict, round_idx: int) -> dict:
     out = fn(jax.device_get(variables), images, labels, jax.random.fold_in(key, round_idx))
     out.pop("seconds")
+    out.pop("compile_seconds", None)
     return out
 
   return compute
@@ -199,6 +239,7 @@ def landscape_report(
     interp_margin: float = 0.25,
     batch_size: int = 250,
     points_per_batch: int = 1,
+    on_step: StepCallback | None = None,
 ) -> dict:
   """Loss along filter-normalized directions of ``variables``, and paths to other models.
 
@@ -218,6 +259,9 @@ def landscape_report(
     interp_margin: extrapolation beyond both ends, in units of t.
     batch_size: examples per ``lax.map`` step of the loss.
     points_per_batch: grid points vmapped together.
+    on_step: ``on_step(done, total, name)``, called before the first step (``done=0``)
+      and after each: the loss at A, the two lines, each row of the surface, the interpolation and the
+      trajectory. The lines and rows share one compiled function.
 
   Returns:
     A JSON-ready dict (``loss``, ``alphas``, ``line_1``, ``line_2``, maybe
@@ -227,51 +271,72 @@ def landscape_report(
   k1, k2 = jax.random.split(key)
   alphas = grid_points(grid, span)
   ppb = points_per_batch
+  on_step = on_step or _no_steps
+  cache = {}
 
   @jax.jit
-  def slices(params, model_state, images, labels):
-    loss_fn = objective.eval_loss_fn(model, images, labels, batch_size, model_state=model_state)
-    d1 = landscape.filter_normalized_direction(k1, params)
-    d2 = landscape.filter_normalized_direction(k2, params)
-    out = {
-        "loss": loss_fn(params),
-        "line_1": landscape.loss_line(loss_fn, params, d1, alphas, ppb),
-        "line_2": landscape.loss_line(loss_fn, params, d2, alphas, ppb),
-    }
-    if surface:
-      out["surface"] = landscape.loss_surface(loss_fn, params, d1, d2, alphas, alphas, ppb)
-    return out
+  def directions(params):
+    return (landscape.filter_normalized_direction(k1, params),
+            landscape.filter_normalized_direction(k2, params))
 
+  @jax.jit
+  def loss_at(params, model_state, images, labels):
+    return objective.eval_loss_fn(model, images, labels, batch_size, model_state=model_state)(
+        params)
+
+  @jax.jit
+  def line(params, model_state, images, labels, shift_dir, shift, direction):
+    """Losses at ``params + shift * shift_dir + alpha * direction`` for every alpha."""
+    loss_fn = objective.eval_loss_fn(model, images, labels, batch_size, model_state=model_state)
+    origin = optax.tree.add_scale(params, shift, shift_dir)
+    return landscape.loss_line(loss_fn, origin, direction, alphas, ppb)
+
+  @jax.jit
+  def interpolate(a, b, images, labels):
+    loss = _variables_loss(model, images, labels, batch_size)
+    ts = interpolation_points(interp_points, interp_margin)
+    return landscape.interpolation_losses(loss, a, b, ts, points_per_batch=ppb)
+
+  @jax.jit
+  def path(stacked, images, labels):
+    loss = _variables_loss(model, images, labels, batch_size)
+    return landscape.path_losses(loss, stacked, points_per_segment=5, points_per_batch=ppb)
+
+  # Steps: the loss at A, the two lines and each row of the surface (one compiled function
+  # for lines and rows), then the paths.
+  total = 3 + (len(alphas) if surface else 0) + (other is not None) + (trajectory is not None)
+  done = 0
   seconds = {}
-  t = time.perf_counter()
-  result = {k: np.asarray(v).tolist() for k, v in
-            jax.device_get(slices(params, model_state, images, labels)).items()}
-  seconds["slices"] = time.perf_counter() - t
+
+  def run(name, label, jitted, *args):
+    nonlocal done
+    compiled, _ = _compiled(cache, name, jitted, *args)
+    t = time.perf_counter()
+    value = jax.device_get(compiled(*args))
+    seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t
+    done += 1
+    on_step(done, total, label)
+    return value
+
+  on_step(0, total, "")
+  d1, d2 = directions(params)
+  data = (params, model_state, images, labels)
+  zero = np.float32(0.0)
+  result = {"loss": run("loss", "slices", loss_at, *data),
+            "line_1": run("loss line", "slices", line, *data, d2, zero, d1),
+            "line_2": run("loss line", "slices", line, *data, d1, zero, d2)}
+  if surface:  # row i: params + alpha_i * d1 + beta * d2 for every beta
+    result["surface"] = [run("loss line", "slices", line, *data, d1, a, d2) for a in alphas]
+  result = {k: np.asarray(v).tolist() for k, v in result.items()}
   result["alphas"] = alphas.tolist()
   if other is not None:
+    losses = run("interpolation", "interpolation", interpolate, variables, other, images, labels)
     ts = interpolation_points(interp_points, interp_margin)
-
-    @jax.jit
-    def interpolate(a, b, images, labels):
-      loss = _variables_loss(model, images, labels, batch_size)
-      return landscape.interpolation_losses(loss, a, b, ts, points_per_batch=ppb)
-
-    t = time.perf_counter()
-    losses = jax.device_get(interpolate(variables, other, images, labels))
-    seconds["interpolation"] = time.perf_counter() - t
     result["interpolation"] = {"t": ts.tolist(), "loss": np.asarray(losses).tolist()}
     dist = jax.device_get(drift.solution_distance(params, other["params"]))
     result["distance"] = {k: float(v) for k, v in dist.items()}
   if trajectory is not None:
-
-    @jax.jit
-    def path(stacked, images, labels):
-      loss = _variables_loss(model, images, labels, batch_size)
-      return landscape.path_losses(loss, stacked, points_per_segment=5, points_per_batch=ppb)
-
-    t = time.perf_counter()
-    positions, losses = jax.device_get(path(trajectory, images, labels))
-    seconds["trajectory"] = time.perf_counter() - t
+    positions, losses = run("trajectory", "trajectory", path, trajectory, images, labels)
     result["trajectory"] = {"position": np.asarray(positions).tolist(),
                             "loss": np.asarray(losses).tolist()}
   result["seconds"] = seconds

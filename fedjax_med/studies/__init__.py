@@ -2,9 +2,9 @@
 
 A study file (``configs/studies/<name>.py``) builds a typed :class:`Study`
 (``specs``); ``grid`` expands it into runs; ``loader`` loads and checks a
-``FILE:PRESET``; ``runner`` runs the grid resumably (``launch/sweep.py``);
-``results``, ``stats``, ``tables``, ``paired``, ``figures`` and ``document`` make the report
-(``analysis/study_report.py``).
+``FILE:PRESET`` or packaged ``NAME:PRESET``; ``runner`` runs the grid resumably
+(``fedjax-med-sweep``); ``results``, ``stats``, ``tables``, ``paired``, ``figures`` and ``document`` make the report
+(``fedjax-med-report``).
 """
 
 from fedjax_med.studies.grid import Run, expand

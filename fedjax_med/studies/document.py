@@ -1,4 +1,5 @@
-"""The study report: ``docs/results/<study>.md``, its CSVs and ``<study>/*.png``.
+"""The study report: ``<study>.md``, its CSVs and ``<study>/*.png`` (in ``SWEEP/report/``,
+or ``docs/results/`` for the committed ones).
 
 ``make_report`` collects the sweep's runs (``results.py``), aggregates them over
 seeds (``tables.py``), compares each row with its reference row (``paired.py``),
@@ -14,6 +15,7 @@ a difference is conditional on its test.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from fedjax_med.studies import figures, grid, paired, results, stats, tables
 from fedjax_med.studies.specs import Paired, Study
 
-STUDY_REPORT = "analysis/study_report.py"  # the CLI the report names in its commands
+REPORT_CLI = "fedjax-med-report"  # named in a reconstructed report command
 
 
 def _description(text: str) -> str:
@@ -40,21 +42,34 @@ def machine() -> str:
           f"{platform.machine()}, jax {jax.__version__} on {dev.platform}")
 
 
-def _header(study: Study, spec: str, sweep_dir: str, rel: str, complete: int, total: int):
+def sweep_commands(sweep_dir: str, spec: str) -> list[str]:
+  """The sweep's command lines as recorded in ``SWEEP/sweep.json`` (``invocations``); a
+  reconstructed one, marked, for a sweep that recorded none."""
+  try:
+    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+      recorded = [i["command"] for i in json.load(f).get("invocations", [])]
+  except (OSError, ValueError, KeyError, TypeError):
+    recorded = []
+  return recorded or [f"fedjax-med-sweep --study={spec} --workdir={sweep_dir}  "
+                      "# not recorded in sweep.json; the usual command"]
+
+
+def _header(study: Study, spec: str, sweep_dir: str, rel: str, complete: int, total: int,
+            commands: list[str]):
   return [f"# Study: {study.name} (preset `{study.preset}`)", "",
           f"Generated {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine()}; "
           f"{complete} of {total} runs complete. Every number below comes from the "
           f"`{study.preset}` preset.", "",
-          "## What was run", "", _description(study.description), "", "Commands:", "", "```",
-          f"python launch/sweep.py --study={spec} --jobs=2 --workdir={sweep_dir}",
-          f"python {STUDY_REPORT} --study={spec} --workdir={sweep_dir}", "```", "",
+          "## What was run", "", _description(study.description), "",
+          "Commands (the sweep's as recorded in its `sweep.json`, then this report's):", "",
+          "```", *commands, "```", "",
           "Tables give the mean ± 95% confidence half-width (Student t) over seeds; "
           "n = complete runs, and `(n=k)` marks a mean over the k runs that have the metric. "
           f"CSV: [`{rel}.csv`]({rel}.csv) (this table), [`{rel}_runs.csv`]({rel}_runs.csv) "
           f"(one row per run and seed), [`{rel}_paired.csv`]({rel}_paired.csv) (paired "
           "comparisons). Wall times come from runs made "
-          "with the command above (`--jobs=2`: two runs share the machine), so they compare "
-          "within this report only.", ""]
+          "with the commands above (with `--jobs` > 1, runs share the machine), so they "
+          "compare within this report only.", ""]
 
 
 def _target(study: Study) -> list[str]:
@@ -176,7 +191,7 @@ def _incomplete(runs: Sequence[results.RunResult], sweep_dir: str) -> list[str]:
 
 
 def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
-                plots_ok: bool = True) -> dict:
+                plots_ok: bool = True, command: str | None = None) -> dict:
   """Writes ``out_md``, ``<stem>.csv``, ``<stem>_runs.csv``, ``<stem>_paired.csv`` and
   ``<stem>/*.png``.
 
@@ -186,6 +201,7 @@ def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
     spec: the ``--study`` argument (``FILE:PRESET``), quoted in the commands.
     out_md: the Markdown path.
     plots_ok: draw figures (matplotlib is installed).
+    command: the report's own command line (default: a reconstructed one).
 
   Returns:
     ``{"rows", "comparisons", "figures", "complete", "total"}``: the table rows, the
@@ -216,7 +232,10 @@ def make_report(study: Study, sweep_dir: str, spec: str, out_md: str,
     written += extra
   complete = sum(r.complete for r in runs)
   rel = os.path.basename(stem)
-  doc = (_header(study, spec, sweep_dir, rel, complete, len(runs)) + _target(study) +
+  command = command or (f"{REPORT_CLI} --study={spec} --workdir={sweep_dir} "
+                        f"--output={os.path.dirname(out_md) or '.'}")
+  doc = (_header(study, spec, sweep_dir, rel, complete, len(runs),
+                 sweep_commands(sweep_dir, spec) + [command]) + _target(study) +
          ["## Results", "", tables.to_markdown(rows, by, metrics), ""] + paired_md +
          _baseline(study, runs, by) + _landscape(land_md) + _figures(written, rel) +
          _missing(runs, run_metrics) + _incomplete(runs, sweep_dir))

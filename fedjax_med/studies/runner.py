@@ -1,11 +1,15 @@
 """Running a study: each run in its own process and workdir, resumable, then the post steps.
 
-Each run is ``launch/main.py --config=BASE --workdir=SWEEP/RUN --config.KEY=VALUE
-...`` in its own process and workdir, so finished runs are kept: a run is
+Each run is ``python -m fedjax_med.cli.train --config=BASE --workdir=SWEEP/RUN
+--config.KEY=VALUE ...`` (``launch/main.py`` in a clone) in its own process and
+workdir, run from the current directory, so finished runs are kept: a run is
 complete when its ``summary.json`` exists, and rerunning the sweep skips it
 (an interrupted run resumes from its last checkpoint). ``post`` steps (e.g. a
 loss-landscape scan of two finished runs) run after the grid, each skipped when
-its output file exists. ``SWEEP/sweep.json`` records every run's command and status.
+its output file exists. ``SWEEP/sweep.json`` records every run's command and status,
+and the sweep's own command lines (``invocations``, printed by the report). Runs and
+post steps are ``python -m`` modules, so a sweep needs no clone; the recorded
+commands say ``python`` and paths relative to the current directory.
 """
 
 from __future__ import annotations
@@ -18,24 +22,26 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
+from fedjax_med.cli import commands
 from fedjax_med.studies.grid import Run, expand
-from fedjax_med.studies.loader import ROOT
 from fedjax_med.studies.specs import Post, Study
 
 
 def command(study: Study, run: Run, sweep_dir: str, extra: Mapping | None = None) -> list[str]:
-  """``launch/main.py`` argv of ``run``; ``extra`` overrides come last (smoke tests)."""
+  """The training argv of ``run`` (``python -m fedjax_med.cli.train``); ``extra`` overrides
+  come last (smoke tests)."""
   overrides = {**run.overrides, **(extra or {})}
-  return [sys.executable, os.path.join(ROOT, "launch", "main.py"), f"--config={study.base}",
+  return [*commands.python_argv("fedjax_med.cli.train"), f"--config={study.base}",
           f"--workdir={os.path.join(sweep_dir, run.name)}", "--config.log.progress=lines"] + [
               f"--config.{k}={v}" for k, v in overrides.items()]  # str() parses back
 
 
 def shell(argv: Sequence[str]) -> str:
-  """``argv`` as a copy-pasteable line relative to the repository root."""
+  """``argv`` as a copy-pasteable line relative to the current directory."""
+  cwd = os.getcwd().rstrip(os.sep) + os.sep
   parts = []
   for a in argv:
-    a = "python" if a == sys.executable else a.replace(ROOT + os.sep, "")
+    a = "python" if a == sys.executable else a.replace(cwd, "")
     parts.append(a if re.match(r"^[\w@%+=:,./-]+$", a) else "'" + a.replace("'", "'\\''") + "'")
   return " ".join(parts)
 
@@ -44,8 +50,25 @@ def is_complete(sweep_dir: str, run: Run) -> bool:
   return os.path.exists(os.path.join(sweep_dir, run.name, "summary.json"))
 
 
+def child_env() -> dict[str, str]:
+  """The environment of runs and post steps: ``python -m`` imports this fedjax_med (a
+  checkout that is not installed gets its root on ``PYTHONPATH``)."""
+  import site
+
+  import fedjax_med
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(fedjax_med.__file__)))
+  env = dict(os.environ)
+  sites = {os.path.abspath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+  if root not in sites:
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join([root, *paths])
+  return env
+
+
 def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = False,
-            only: str = "", extra: Mapping | None = None, log=print) -> dict:
+            only: str = "", extra: Mapping | None = None, log=print,
+            invocation: Sequence[str] | None = None) -> dict:
   """Runs every incomplete run (``jobs`` at a time), then the post steps; writes sweep.json.
 
   Args:
@@ -56,13 +79,15 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
     only: a regular expression; only runs whose name it matches.
     extra: overrides added to every run (e.g. ``{"fl.rounds": 1}`` for a smoke test).
     log: where progress lines go.
+    invocation: the sweep's own argv as typed (``commands.invocation``), added to the
+      manifest's ``invocations`` (each distinct command line once, in order).
 
   Returns:
     The manifest written to ``SWEEP/sweep.json``: the study, each run's name,
     axes, command and status (``done`` / ``skipped (complete)`` / ``failed: exit
-    N``). A failed run is reported and the others go on.
+    N``), and the sweep's ``invocations``. A failed run is reported and the others go on.
   """
-  sweep_dir = os.path.abspath(sweep_dir)  # children run with cwd=ROOT
+  sweep_dir = os.path.abspath(sweep_dir)
   runs = expand(study)
   if only:
     runs = [r for r in runs if re.search(only, r.name)]
@@ -80,6 +105,7 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
   for p in study.post:
     status["post:" + p.name] = _run_post(p, sweep_dir, log)
   manifest = _manifest(study, runs, sweep_dir, extra, status)
+  manifest["invocations"] = _invocations(sweep_dir, invocation)
   tmp = os.path.join(sweep_dir, "sweep.json.tmp")
   with open(tmp, "w") as f:
     json.dump(manifest, f, indent=1)
@@ -105,7 +131,8 @@ def _run_processes(argvs: Mapping[str, list[str]], sweep_dir: str, jobs: int, lo
         logf = open(os.path.join(sweep_dir, "logs", name + ".log"), "a")
         logf.write("$ " + shell(argvs[name]) + "\n")
         logf.flush()
-        proc = subprocess.Popen(argvs[name], stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(argvs[name], stdout=logf, stderr=subprocess.STDOUT,
+                                env=child_env())
         running.append((name, proc, logf))
       time.sleep(0.2)
       for item in [x for x in running if x[1].poll() is not None]:
@@ -128,7 +155,7 @@ def _run_processes(argvs: Mapping[str, list[str]], sweep_dir: str, jobs: int, lo
 def _post_argv(p: Post, sweep_dir: str | None) -> list[str]:
   """The step's argv; ``{sweep}`` filled in unless ``sweep_dir`` is None (the manifest)."""
   args = p.argv[1:] if sweep_dir is None else [a.format(sweep=sweep_dir) for a in p.argv[1:]]
-  return [sys.executable, os.path.join(ROOT, p.argv[0]), *args]
+  return [*commands.python_argv(p.argv[0]), *args]
 
 
 def _run_post(p: Post, sweep_dir: str, log) -> str:
@@ -141,7 +168,7 @@ def _run_post(p: Post, sweep_dir: str, log) -> str:
   argv = _post_argv(p, sweep_dir)
   log(f"post {p.name}: " + shell(argv))
   with open(os.path.join(sweep_dir, "logs", "post_" + p.name + ".log"), "a") as logf:
-    rc = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    rc = subprocess.run(argv, stdout=logf, stderr=subprocess.STDOUT, env=child_env()).returncode
   return "done" if rc == 0 else f"failed: exit {rc}"
 
 
@@ -158,6 +185,20 @@ def _manifest(study: Study, runs: Sequence[Run], sweep_dir: str, extra: Mapping 
       "post": [{"name": p.name, "output": p.output, "status": status.get("post:" + p.name),
                 "command": shell(_post_argv(p, None))} for p in study.post],
   }
+
+
+def _invocations(sweep_dir: str, argv: Sequence[str] | None) -> list[dict]:
+  """The ``invocations`` of the existing sweep.json plus ``argv`` (``{"command", "cwd"}``)."""
+  try:
+    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+      seen = json.load(f).get("invocations", [])
+  except (OSError, ValueError):
+    seen = []
+  if argv:
+    entry = {"command": shell(argv), "cwd": os.getcwd()}
+    if entry not in seen:
+      seen.append(entry)
+  return seen
 
 
 def failed(manifest: dict) -> list[str]:

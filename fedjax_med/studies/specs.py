@@ -4,7 +4,7 @@ A study file (``configs/studies/<name>.py``) has ``get_study(preset) -> Study``.
 A :class:`Study` names a base config and one or more *grids*; each grid is an
 ordered mapping ``axis -> {label: overrides}`` whose Cartesian product (times
 ``seeds``) gives the runs (``fedjax_med/studies/grid.py``). Its :class:`ReportSpec`
-says what ``analysis/study_report.py`` tabulates and plots. Every spec is a
+says what the report (``fedjax-med-report``) tabulates and plots. Every spec is a
 frozen dataclass, so a misspelled field fails when the study file is loaded,
 and :func:`fedjax_med.studies.grid.check` then rejects axes and labels that the
 grid does not have.
@@ -44,7 +44,11 @@ def _where(where: Mapping[str, str]) -> AxisLabels:
 
 @dataclasses.dataclass(frozen=True)
 class Post:
-  """A command run once after the grid: ``argv`` (a script under the repo root and its flags).
+  """A command run once after the grid: ``argv`` (what to run, then its flags).
+
+  ``argv[0]`` is an entry point (``analysis/landscape.py``, ``fedjax-med-landscape``
+  or ``fedjax_med.cli.landscape``: run as ``python -m fedjax_med.cli.landscape``),
+  another ``.py`` script, or a module name (``fedjax_med/cli/commands.py``).
 
   ``{sweep}`` in ``argv`` and ``output`` is the sweep directory; ``output`` is the
   file whose existence marks the step as done. ``needs`` lists the run names it reads.
@@ -311,7 +315,8 @@ class Study:
   Attributes:
     name: the study's name (report ``docs/results/<name>.md``).
     preset: the preset it was built for (``cpu``, ``full``).
-    base: config spec for ``launch/main.py``, e.g. ``configs/quickstart.py``.
+    base: ``--config`` of every run, e.g. ``configs/quickstart.py`` (the packaged file
+      when no such file exists: ``fedjax_med/config_files.py``).
     grids: each an ordered ``axis -> {label: overrides}``; the study is their union.
     seeds: every grid point runs once per seed (the ``seed`` axis).
     fixed: overrides for every run (an axis label's overrides beat them).

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import os
 
 import pytest
@@ -139,3 +140,27 @@ def test_round_metrics_fn_is_deterministic_per_round(runs):
   first, again = fn(variables, 2), fn(variables, 2)
   assert first == again and "seconds" not in first
   assert {"loss", "lambda_max", "trace", "trace_stderr", "lanczos_steps"} <= set(first)
+
+
+def test_sharpness_logs_compiles_and_progress_lines(runs, caplog, tmp_path):
+  caplog.set_level(logging.INFO)
+  cli = _load_cli("sharpness")
+  assert cli.main([f"--workdir={runs[0]}", "--progress=lines", f"--output={tmp_path / 's.json'}",
+                   *SHARPNESS_ARGS]) == 0
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith("compiling lanczos") for m in messages)
+  assert any(m.startswith("compiled lanczos in ") for m in messages)
+  steps = [m for m in messages if m.startswith("measure ")]
+  assert steps[-1].startswith("measure 5/5") and "ETA" in steps[-1]
+
+
+def test_landscape_rows_are_the_surface(runs, tmp_path):
+  cli = _load_cli("landscape")
+  assert cli.main([f"--workdirs={runs[0]}", "--examples=8", "--grid=3", "--density_order=0",
+                   "--batch_size=8", f"--output_dir={tmp_path}", "--progress=none"]) == 0
+  result = json.loads((tmp_path / "landscape.json").read_text())
+  surface = result["surface"]
+  assert len(surface) == 3 and all(len(row) == 3 for row in surface)
+  # the centre row is line 2 (alpha_1 = 0) and the centre is the loss at A
+  assert surface[1] == pytest.approx(result["line_2"], rel=1e-5)
+  assert surface[1][1] == pytest.approx(result["loss"], rel=1e-5)

@@ -135,7 +135,8 @@ def test_make_report_writes_markdown_csv_and_figures(tmp_path):
   out = tmp_path / "docs" / "toy.md"
   result = document.make_report(study, str(tmp_path / "sweep"), "toy.py:cpu", str(out))
   text = out.read_text()
-  assert "preset `cpu`" in text and "python analysis/study_report.py --study=toy.py:cpu" in text
+  assert "preset `cpu`" in text and "fedjax-med-report --study=toy.py:cpu" in text
+  assert "fedjax-med-sweep --study=toy.py:cpu" in text  # no sweep.json: the usual command
   assert "| d2 | fed |" in text and "data-d2+setting-fed+seed-2" in text  # listed as incomplete
   assert "More text." in text and "  python launch/sweep.py --study=x" not in text
   assert (tmp_path / "docs" / "toy.csv").exists()

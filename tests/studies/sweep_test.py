@@ -160,7 +160,7 @@ def test_command_puts_extra_overrides_last():
                      fixed={"fl.rounds": 5})
   (run,) = grid.expand(study)
   argv = runner.command(study, run, "/tmp/sw", extra={"fl.rounds": "1", "eval.every": "1"})
-  assert argv[:3] == [sys.executable, os.path.join(loader.ROOT, "launch", "main.py"),
+  assert argv[:4] == [sys.executable, "-m", "fedjax_med.cli.train",
                       "--config=configs/quickstart.py"]
   assert "--workdir=/tmp/sw/partition-iid+seed-3" in argv
   flags = [a for a in argv if a.startswith("--config.") and a != "--config.log.progress=lines"]
@@ -170,15 +170,15 @@ def test_command_puts_extra_overrides_last():
 
 def test_relative_sweep_dir_means_the_same_directory_to_parent_and_children(tmp_path,
                                                                             monkeypatch):
-  """Children run with cwd=ROOT: a relative --workdir must still name the parent's directory."""
+  """Children run in the parent's directory: the recorded --workdir is relative to it."""
   study = make_study(({"partition": {"iid": {"partition.kind": "iid"}}},), seeds=(0,))
   monkeypatch.chdir(tmp_path)
   lines = []
   runner.run_all(study, "rel", dry_run=True, log=lines.append)
   (cmd,) = [line for line in lines if line.startswith("$ ")]
   (workdir,) = [a.split("=", 1)[1] for a in cmd.split() if a.startswith("--workdir=")]
-  # what the child (cwd = repository root) writes vs where the parent looks for summary.json
-  assert os.path.join(loader.ROOT, workdir) == str(tmp_path / "rel" / "partition-iid+seed-0")
+  # what the child (same cwd) writes vs where the parent looks for summary.json
+  assert os.path.join(os.getcwd(), workdir) == str(tmp_path / "rel" / "partition-iid+seed-0")
 
 
 # ----------------------------------------------------------------------------- study files
@@ -305,7 +305,8 @@ def test_cli_dry_run_prints_commands_and_runs_nothing(study_file, tmp_path):
   assert res.returncode == 0, res.stderr
   cmds = [line for line in res.stdout.splitlines() if line.startswith("$ ")]
   assert len(cmds) == 2
-  assert all("launch/main.py" in c and "--config=configs/quickstart.py" in c for c in cmds)
+  assert all("python -m fedjax_med.cli.train" in c and "--config=configs/quickstart.py" in c
+             for c in cmds)
   assert "--config.partition.kind=iid" in cmds[0] and "--config.partition.alpha=1.0" in cmds[1]
   for name in (RUN_IID, RUN_A1):
     assert not (sweep_dir / name).exists()

@@ -1,8 +1,7 @@
-"""Shared bits of the command-line entry points (launch/, analysis/)."""
+"""Logging of the command-line entry points: one format, through ``tqdm.write``."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -36,8 +35,3 @@ def setup_logging() -> None:
   for name in _NOISY:
     logging.getLogger(name).setLevel(logging.WARNING)
 
-
-def flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
-  """``--name_with_underscores``, also accepted as ``--name-with-dashes``."""
-  names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-  p.add_argument(*names, dest=name, **kw)
