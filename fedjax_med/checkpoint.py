@@ -8,6 +8,11 @@ empty, torn, altered or does not fit the run's state is skipped with one
 warning (and deleted, so the run saves that round again) in favour of the
 newest valid one. Only when no checkpoint is valid does restoring fail, with
 one message.
+
+Crash safety: ``checksums.json`` is created (empty) with the checkpoint folder, so
+a step that a kill left without its digest is recognised as damaged, not as a
+checkpoint of an older fedjax_med; old steps are deleted only after the new
+step's digest is on disk (orbax's own ``max_to_keep`` would delete them first).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 
 import jax
 import orbax.checkpoint as ocp
@@ -25,6 +31,19 @@ from fedjax_med import errors, metrics, types
 
 log = logging.getLogger(__name__)
 CHECKSUMS = "checksums.json"
+KILL_ENV = "FEDJAX_MED_TEST_KILL_AT"
+
+
+def kill_point(name: str, round_idx: int) -> None:
+  """Test hook of the kill -9 tests: SIGKILLs this process when ``$FEDJAX_MED_TEST_KILL_AT``
+  is ``"<name>:<round_idx>"``; does nothing when it is unset or names another point.
+
+  Points: ``save`` (checkpoint written by orbax, its digest not yet), ``eval`` (the
+  evaluation's val record written, its test record not yet), ``summary`` (everything
+  but ``summary.json`` done).
+  """
+  if os.environ.get(KILL_ENV) == f"{name}:{round_idx}":
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class CheckpointError(errors.UserError):
@@ -50,20 +69,28 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    self.max_to_keep = max_to_keep
+    # Retention is ours (``save``): orbax would delete old steps before the new digest exists.
+    # ``cleanup_tmp_directories``: remove the temporary folder of a save that a kill cut short.
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            max_to_keep=None, create=True, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
         ),
     )
+    if not self._manager.all_steps() and not os.path.exists(self._checksums_path()):
+      metrics.write_json_atomic(self._checksums_path(), {})
 
   def latest_round(self) -> int | None:
     return self._manager.latest_step()
 
+  def _checksums_path(self) -> str:
+    return os.path.join(self.directory, CHECKSUMS)
+
   def _checksums(self) -> dict[str, str]:
-    path = os.path.join(self.directory, CHECKSUMS)
     try:
-      with open(path) as f:
+      with open(self._checksums_path()) as f:
         return json.load(f)
     except (OSError, ValueError):
       return {}
@@ -74,10 +101,18 @@ class Checkpointer:
       return
     self._manager.save(step, args=ocp.args.StandardSave(state))
     self._manager.wait_until_finished()
-    kept = {str(s) for s in self._manager.all_steps()}
-    sums = {k: v for k, v in self._checksums().items() if k in kept}
+    kill_point("save", step)
+    sums = self._checksums()
     sums[str(step)] = digest(os.path.join(self.directory, str(step)))
-    metrics.write_json_atomic(os.path.join(self.directory, CHECKSUMS), sums)
+    metrics.write_json_atomic(self._checksums_path(), sums)
+    # Only now drop the oldest steps (a kill in between leaves one more, never one less).
+    steps = sorted(self._manager.all_steps())
+    if self.max_to_keep:
+      for old in steps[:-self.max_to_keep]:
+        self._manager.delete(old)
+      kept = {str(s) for s in steps[-self.max_to_keep:]}
+      metrics.write_json_atomic(self._checksums_path(),
+                                {k: v for k, v in sums.items() if k in kept})
 
   def _restore_step(self, template: types.ServerState, step: int) -> types.ServerState:
     expected = self._checksums().get(str(step))
@@ -102,6 +137,9 @@ class Checkpointer:
   def restore(self, template: types.ServerState, step: int | None = None) -> types.ServerState:
     """Restores ``step``, or (``None``) the newest valid checkpoint, into ``template``'s structure.
 
+    With ``step=None``, a newest step without a checksum (a save cut short) is deleted
+    first; if it was the only one, ``template`` itself is returned (nothing to resume).
+
     Raises:
       CheckpointError: the requested step, or (``step=None``) every step, is damaged, or
         the checkpoints predate checksums.
@@ -110,11 +148,18 @@ class Checkpointer:
     if step is not None:
       return self._restore_step(template, step)
     steps = sorted(self._manager.all_steps(), reverse=True)
-    if steps and not os.path.exists(os.path.join(self.directory, CHECKSUMS)):
+    if steps and not os.path.exists(self._checksums_path()):
       # Written by a fedjax_med without checksums: not ours to judge (or delete).
       raise CheckpointError(
           f"the checkpoints in {self.directory} have no {CHECKSUMS} (written by an older "
           "fedjax_med); rerun with --fresh to start over")
+    if steps and str(steps[0]) not in self._checksums():
+      # Saves write the digest last: the newest step without one is a save cut short.
+      log.warning("discarding checkpoint %d: its save was interrupted before its checksum "
+                  "was written", steps[0])
+      self._discard(steps.pop(0))
+      if not steps:
+        return template  # no checkpoint had been completed: start over
     for s in steps:
       try:
         return self._restore_step(template, s)

@@ -85,6 +85,8 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       res.update(round=round_idx, split=split, **(extra or {}))
       if extra is not None:
         record(res)
+        if split == "val":
+          checkpoint.kill_point("eval", round_idx)  # test hook; no-op unless set
     log.info("round %d: val acc %.4f auc %.4f | test acc %.4f auc %.4f", round_idx,
              results["val"]["accuracy"], results["val"]["auc"],
              results["test"]["accuracy"], results["test"]["auc"])
@@ -196,6 +198,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       "selected": select(records, config.eval.select_on),
       "sites": sites,
   }
+  checkpoint.kill_point("summary", int(state.round))  # test hook; no-op unless set
   metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   ckpt.close()
   log.info("test accuracy %.4f, AUC %.4f", final["test"]["accuracy"], final["test"]["auc"])

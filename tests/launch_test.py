@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedjax_med.data import synthetic
+from tests import testing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,12 +30,22 @@ def test_typo_in_config_key_exits_2_without_output(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_missing_data_exits_2_with_one_message(tmp_path):
+@pytest.mark.parametrize("data,match", [
+    ("missing", "pneumoniamnist.npz not found"),
+    ("huge_shape", r"train_images.npy declares shape \(1000000000000, 28, 28\)"),
+])
+def test_bad_data_exits_2_with_one_line(tmp_path, data, match):
+  root = tmp_path / "data"
+  if data == "huge_shape":  # 784 TB declared in the .npy header: refused before loading
+    root.mkdir()
+    testing.write_npz_declaring(root / "pneumoniamnist.npz", synthetic.make_arrays(
+        n_train=12, n_val=4, n_test=6), "train_images", shape=(10**12, 28, 28))
   res = run("--config=configs/quickstart.py", f"--workdir={tmp_path / 'run'}",
-            f"--config.data.root={tmp_path / 'nothing'}", "--config.data.download=False")
-  assert res.returncode == 2
-  assert "pneumoniamnist.npz" in res.stderr and "zenodo" in res.stderr
-  assert "Traceback" not in res.stderr
+            f"--config.data.root={root}", "--config.data.download=False",
+            "--config.data.verify_md5=False")
+  assert res.returncode == 2, res.stderr
+  assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+  assert re.search(match, res.stderr) and "zenodo" in res.stderr
   assert not (tmp_path / "run").exists()
 
 

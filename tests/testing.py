@@ -9,10 +9,13 @@
   ``reference_grad``; the stateful algorithms keep their own in their test files.
 - **Toy objectives** for the analysis tests (``mlp_*``, ``quadratic``...).
 - **Real data**: ``real_root`` / ``require`` find the official MedMNIST files or skip.
+- **Forged files**: ``write_npz_declaring`` writes an ``.npz`` whose ``.npy`` header lies.
 """
 
 import functools
+import io
 import os
+import zipfile
 from pathlib import Path
 
 import jax
@@ -249,3 +252,21 @@ def require(filename: str) -> Path:
   if root is None:
     pytest.skip(f"official {filename} not found in $MEDMNIST_ROOT or ../shared/data/medmnist")
   return root
+
+
+# Forged files
+
+def write_npz_declaring(path, arrays: dict, key: str, shape=None, keep_bytes=None) -> None:
+  """Writes ``arrays`` as a (deflated) ``.npz``, but member ``key`` gets a header declaring
+  ``shape`` (default: its own) and only its first ``keep_bytes`` data bytes (default: all)."""
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    for name, value in arrays.items():
+      buf = io.BytesIO()
+      if name != key:
+        np.lib.format.write_array(buf, value, allow_pickle=False)
+      else:
+        header = np.lib.format.header_data_from_array_1_0(value)
+        header["shape"] = value.shape if shape is None else tuple(shape)
+        np.lib.format.write_array_header_1_0(buf, header)
+        buf.write(value.tobytes()[:keep_bytes])
+      archive.writestr(f"{name}.npy", buf.getvalue())

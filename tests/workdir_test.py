@@ -5,17 +5,22 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from fedjax_med import errors, metrics, train, workdir
+from configs import base
+from fedjax_med import checkpoint, errors, experiment, metrics, train, workdir
 from fedjax_med.checkpoint import CHECKSUMS
 from tests.train_test import data_root, small_config  # noqa: F401 - the module's fixture
 
 ROUNDS = 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def config_for(root, **overrides):
@@ -213,3 +218,81 @@ def test_tensorboard_events_and_curves_png(finished):
   assert plot_run.main([f"--workdir={path}", f"--output={out}"]) == 0
   assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   assert plot_run.main([f"--workdir={path}/missing"]) == 2
+
+
+# Kill -9: the run is a `launch/main.py` process SIGKILLed at a named point (the
+# $FEDJAX_MED_TEST_KILL_AT hook of fedjax_med/checkpoint.py, or inside orbax's save); the
+# same command run again must end exactly as the uninterrupted `finished` run.
+
+# Inside orbax's save of step 3: its temporary folder is written, not yet renamed into place.
+_KILL_IN_ORBAX = """
+import os, runpy, signal, sys
+from orbax.checkpoint._src.path import atomicity
+real = atomicity.AtomicRenameTemporaryPath.finalize
+async def finalize(self, *args, **kwargs):
+  if self._final_path.name == "3":
+    os.kill(os.getpid(), signal.SIGKILL)
+  return await real(self, *args, **kwargs)
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+TIMING = ("wall_time_s", "time_to_first_round_s")  # summary.json's clock fields
+
+
+def cli_args(config) -> list[str]:
+  """``--config.KEY=VALUE`` for every field where ``config`` differs from configs/base.py."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+  ours, default = flat(config.to_dict()), flat(base.get_config().to_dict())
+  return [f"--config.{k}={v}" for k, v in sorted(ours.items()) if v != default.get(k)]
+
+
+def summary_without_clock(path) -> dict:
+  with open(os.path.join(path, "summary.json")) as f:
+    summary = json.load(f)
+  return {k: v for k, v in summary.items() if k not in TIMING}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,keep,resumed_at", [
+    ("save:1", 4, 0),  # the first checkpoint written, its digest not: nothing to resume
+    ("orbax:3", 4, 2),  # inside orbax's save: a temporary folder, no step 3
+    ("save:3", 1, 2),  # keep=1: step 3 written without digest; step 2 must still be there
+    ("eval:4", 4, 3),  # the last evaluation: val record written, test record not
+    ("summary:4", 4, 4),  # after the last checkpoint, before summary.json
+])
+def test_kill_9_and_rerun_ends_as_uninterrupted(data_root, finished, tmp_path, point, keep,  # noqa: F811
+                                                resumed_at):
+  config = config_for(data_root, **{"ckpt.keep": keep})
+  path = str(tmp_path / "run")
+  command = [os.path.join(REPO, "launch", "main.py"), "--config=configs/base.py",
+             f"--workdir={path}", *cli_args(config)]
+  env = {k: v for k, v in os.environ.items() if k != checkpoint.KILL_ENV}
+  if point.startswith("orbax:"):
+    killed = [sys.executable, "-c", _KILL_IN_ORBAX, *command]
+  else:
+    killed, env[checkpoint.KILL_ENV] = [sys.executable, *command], point
+  res = subprocess.run(killed, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+  assert not os.path.exists(os.path.join(path, "summary.json"))
+  if point.startswith("orbax:"):
+    assert glob.glob(os.path.join(path, "checkpoints", "3.orbax-checkpoint-tmp*"))
+    assert not os.path.exists(os.path.join(path, "checkpoints", "3"))
+
+  env.pop(checkpoint.KILL_ENV, None)
+  res = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert f"at round {resumed_at}\n" in res.stderr, res.stderr[-3000:]
+  assert log_without_clock(path) == finished[2]
+  assert summary_without_clock(path) == summary_without_clock(finished[0])
+  template = experiment.build(config).initial_state()
+  ckpt = checkpoint.Checkpointer(os.path.join(path, "checkpoints"), max_to_keep=keep)
+  assert ckpt.latest_round() == ROUNDS
+  chex.assert_trees_all_equal(jax.device_get(ckpt.restore(template)), finished[1])
+  assert not glob.glob(os.path.join(path, "checkpoints", "*tmp*"))  # the torn save cleaned up

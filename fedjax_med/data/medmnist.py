@@ -16,11 +16,13 @@ import dataclasses
 import hashlib
 import http.client
 import logging
+import math
 import os
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -34,6 +36,8 @@ SPLITS = ("train", "val", "test")
 KEYS = tuple(f"{split}_{part}" for split in SPLITS for part in ("images", "labels"))
 DOWNLOAD_TIMEOUT_S = 30.0
 _CHUNK = 1 << 20
+# Deflate cannot expand data by more than ~1032x; numpy's .npz members are stored or deflated.
+_MAX_DEFLATE_RATIO = 1100
 
 
 class Split(NamedTuple):
@@ -226,52 +230,137 @@ def file_md5(path: str) -> str:
   return digest.hexdigest()
 
 
-def _make_split(
-  info: DatasetInfo, size: int, source: str, split: str, images: np.ndarray, labels: np.ndarray
-) -> Split:
-  """Checks one split and converts it to ``[N, H, W, ch]`` uint8 / ``[N]`` int32."""
+def _check_layout(
+  info: DatasetInfo, size: int, source: str, split: str, images: tuple, labels: tuple
+) -> None:
+  """Checks one split's ``(shape, dtype)`` of images and of labels against the registry.
+
+  Only shapes and dtypes: ``_read_npz`` runs it on the ``.npy`` headers, before any
+  array is read, and ``_make_split`` on the loaded arrays.
+  """
 
   def fail(what: str) -> DataError:
     return DataError(_corrupt_message(info, size, source, f"{split}: {what}"))
 
-  images, labels = np.asarray(images), np.asarray(labels)
-  if images.dtype != np.uint8:
-    raise fail(f"images have dtype {images.dtype}, expected uint8")
-  stored_shape = images.shape
+  (image_shape, image_dtype), (label_shape, label_dtype) = images, labels
+  image_shape, label_shape = tuple(image_shape), tuple(label_shape)
+  if image_dtype != np.uint8:
+    raise fail(f"images have dtype {image_dtype}, expected uint8")
   # Gray files store [N, H, W]; accept [N, H, W, 1] too.
-  if info.channels == 1 and images.ndim == 3:
-    images = images[..., None]
+  shape = image_shape + (1,) if info.channels == 1 and len(image_shape) == 3 else image_shape
   expected = (size, size, info.channels)
-  if images.ndim != 4 or images.shape[1:] != expected:
+  if len(shape) != 4 or shape[1:] != expected:
     stored = "[N, H, W]" if info.channels == 1 else "[N, H, W, 3]"
     raise fail(
-      f"images have shape {stored_shape}, expected [N, {size}, {size}] "
+      f"images have shape {image_shape}, expected [N, {size}, {size}] "
       f"stored as {stored} ({info.channels} channel(s))"
     )
-  if not np.issubdtype(labels.dtype, np.integer):
-    raise fail(f"labels have dtype {labels.dtype}, expected an integer dtype")
-  if labels.ndim == 2 and labels.shape[1] == 1:
-    labels = labels[:, 0]
-  if labels.ndim != 1:
-    raise fail(f"labels have shape {labels.shape}, expected [N, 1]")
-  if len(labels) != len(images):
-    raise fail(f"{len(images)} images but {len(labels)} labels")
+  if not np.issubdtype(label_dtype, np.integer):
+    raise fail(f"labels have dtype {label_dtype}, expected an integer dtype")
+  if not (len(label_shape) == 1 or (len(label_shape) == 2 and label_shape[1] == 1)):
+    raise fail(f"labels have shape {label_shape}, expected [N, 1]")
+  if label_shape[0] != image_shape[0]:
+    raise fail(f"{image_shape[0]} images but {label_shape[0]} labels")
+
+
+def _make_split(
+  info: DatasetInfo, size: int, source: str, split: str, images: np.ndarray, labels: np.ndarray
+) -> Split:
+  """Checks one split and converts it to ``[N, H, W, ch]`` uint8 / ``[N]`` int32."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  _check_layout(info, size, source, split, (images.shape, images.dtype),
+                (labels.shape, labels.dtype))
+  if images.ndim == 3:
+    images = images[..., None]
+  labels = labels.reshape(-1)
   if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
-    raise fail(
-      f"labels span [{labels.min()}, {labels.max()}], expected [0, {info.num_classes - 1}]"
-    )
+    raise DataError(_corrupt_message(
+      info, size, source, f"{split}: labels span [{labels.min()}, {labels.max()}], "
+      f"expected [0, {info.num_classes - 1}]"))
   return Split(images=images, labels=labels.astype(np.int32))
 
 
 def _read_npz(path: str, info: DatasetInfo, size: int) -> dict[str, np.ndarray]:
-  """Reads all arrays of an ``.npz`` file, turning any read failure into DataError."""
+  """Reads all arrays of an ``.npz`` file, turning any read failure into DataError.
+
+  The ``.npy`` headers are checked first (``_check_headers``), so a file that declares
+  an impossible or enormous shape is refused before anything is allocated.
+  """
   try:
+    with zipfile.ZipFile(path) as archive:
+      _check_headers(archive, os.path.getsize(path), path, info, size)
     with np.load(path, allow_pickle=False) as npz:
       return {key: npz[key] for key in npz.files}
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zlib.error) as e:
     raise DataError(
       _corrupt_message(info, size, path, f"not a readable .npz archive ({type(e).__name__}: {e})")
     ) from None
+
+
+def _npy_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> tuple[tuple, np.dtype, int]:
+  """``(shape, dtype, header bytes)`` of one ``.npy`` member, read without its data."""
+  with archive.open(member) as f:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+      shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+      raise ValueError(f"{member.filename}: .npy format version {version} is not supported")
+    return shape, dtype, f.tell()
+
+
+def _check_headers(
+  archive: zipfile.ZipFile, file_size: int, source: str, info: DatasetInfo, size: int
+) -> None:
+  """Checks each split's ``.npy`` headers against the registry, the archive and the memory.
+
+  A member's declared shape and dtype must fit the dataset (``_check_layout``) and
+  account exactly for the member's size; that size must be possible for the bytes on
+  disk (stored: equal; deflated: at most ~1032x); all arrays together must fit in memory.
+  """
+
+  def fail(what: str) -> DataError:
+    return DataError(_corrupt_message(info, size, source, what))
+
+  total = 0
+  headers = {}
+  for member in archive.infolist():  # every member: np.load reads them all
+    ratio = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: _MAX_DEFLATE_RATIO}.get(
+      member.compress_type)
+    if ratio is None:
+      raise fail(f"{member.filename} uses zip compression method {member.compress_type}; "
+                 ".npz files are stored or deflated")
+    if member.compress_size > file_size or member.file_size > ratio * member.compress_size + 1024:
+      raise fail(f"{member.filename} declares {member.file_size} bytes from "
+                 f"{member.compress_size} compressed bytes in a {file_size}-byte file")
+    if not member.filename.endswith(".npy"):
+      total += member.file_size
+      continue
+    shape, dtype, offset = _npy_header(archive, member)
+    if dtype.hasobject:
+      raise fail(f"{member.filename} holds Python objects (dtype {dtype})")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != member.file_size - offset:
+      raise fail(f"{member.filename} declares shape {shape} of {dtype} ({declared} bytes) but "
+                 f"holds {member.file_size - offset} bytes of data (truncated or altered)")
+    total += declared
+    headers[member.filename[: -len(".npy")]] = (shape, dtype)
+  for split in SPLITS:
+    images, labels = headers.get(f"{split}_images"), headers.get(f"{split}_labels")
+    if images is not None and labels is not None:
+      _check_layout(info, size, source, split, images, labels)
+  memory = _physical_memory()
+  if memory is not None and total > memory:
+    raise fail(f"its arrays declare {total / 2**30:.1f} GiB, more than this machine's "
+               f"{memory / 2**30:.1f} GiB of memory")
+
+
+def _physical_memory() -> int | None:
+  try:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
 
 
 def _check_md5(path: str, info: DatasetInfo, size: int) -> None:

@@ -185,13 +185,31 @@ def _bad_arrays(change: str) -> dict[str, np.ndarray]:
     ("label_count", "12 images but 11 labels"),
     ("float_labels", "integer dtype"),
     ("multi_column_labels", r"labels have shape \(6, 2\)"),
+    ("huge_shape", r"train_images.npy declares shape \(1000000000000, 28, 28\) of uint8 "
+     r"\(784000000000000 bytes\) but holds 9408 bytes"),
+    ("truncated_member", r"val_images.npy declares shape \(4, 28, 28\) .* holds 1000 bytes"),
   ],
 )
 def test_malformed_file(tmp_path, change, match):
-  _write(tmp_path, **_bad_arrays(change))
+  if change == "huge_shape":  # refused from the header, before numpy allocates 784 TB
+    testing.write_npz_declaring(tmp_path / "pneumoniamnist.npz", synthetic.make_arrays(**_SMALL),
+                                "train_images", shape=(10**12, 28, 28))
+  elif change == "truncated_member":
+    testing.write_npz_declaring(tmp_path / "pneumoniamnist.npz", synthetic.make_arrays(**_SMALL),
+                                "val_images", keep_bytes=1000)
+  else:
+    _write(tmp_path, **_bad_arrays(change))
   with pytest.raises(errors.DataError, match=match) as e:
     medmnist.load("pneumoniamnist", root=str(tmp_path), download=False, verify_md5=False)
   assert "Delete it and download it again" in str(e.value)
+
+
+def test_arrays_larger_than_memory_are_refused_before_loading(tmp_path, monkeypatch):
+  _write(tmp_path, **synthetic.make_arrays(**_SMALL))
+  monkeypatch.setattr(medmnist, "_physical_memory", lambda: 1000)
+  monkeypatch.setattr(np, "load", None)  # never reached
+  with pytest.raises(errors.DataError, match=r"GiB, more than this machine's"):
+    medmnist.load("pneumoniamnist", root=str(tmp_path), download=False, verify_md5=False)
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not a zip file", b"PK\x03\x04truncated"])

@@ -72,6 +72,18 @@ def done_sweep(study_file, tmp_path_factory):
   return sweep_dir, res
 
 
+@pytest.fixture(scope="module")
+def complete_sweep(study_file, tmp_path_factory):
+  """The same grid as ``done_sweep`` as the runner sees it once complete (a ``summary.json``
+  in each run's workdir, ``runner.is_complete``), without training: for the skip and post-step
+  tests (the real runs are checked by the slow ``test_cli_runs_the_grid``)."""
+  sweep_dir = tmp_path_factory.mktemp("complete") / "sweep"
+  for name in (RUN_IID, RUN_A1):
+    (sweep_dir / name).mkdir(parents=True)
+    (sweep_dir / name / "summary.json").write_text('{"rounds_completed": 1}\n')
+  return sweep_dir, subprocess.CompletedProcess([], 0, "", "")
+
+
 def copy_sweep(done_sweep, tmp_path) -> Path:
   src, res = done_sweep
   assert res.returncode == 0, res.stderr[-3000:]
@@ -260,8 +272,8 @@ def test_cli_runs_the_grid(done_sweep):
   assert summary["rounds_completed"] == 1
 
 
-def test_cli_second_invocation_skips_complete_runs(done_sweep, study_file, tmp_path):
-  sweep_dir = copy_sweep(done_sweep, tmp_path)
+def test_cli_second_invocation_skips_complete_runs(complete_sweep, study_file, tmp_path):
+  sweep_dir = copy_sweep(complete_sweep, tmp_path)
   mtimes = {n: (sweep_dir / n / "summary.json").stat().st_mtime_ns for n in (RUN_IID, RUN_A1)}
   res = run_cli(f"--study={study_file}:cpu", f"--workdir={sweep_dir}")
   assert res.returncode == 0, res.stderr[-3000:]
@@ -344,8 +356,8 @@ with open(out, "w") as f:
 '''
 
 
-def test_post_steps_run_once_after_the_grid(done_sweep, study_file, tmp_path):
-  sweep_dir = copy_sweep(done_sweep, tmp_path)
+def test_post_steps_run_once_after_the_grid(complete_sweep, study_file, tmp_path):
+  sweep_dir = copy_sweep(complete_sweep, tmp_path)
   script = tmp_path / "post.py"
   script.write_text(POST_SCRIPT)
   already = tmp_path / "already.txt"
@@ -377,8 +389,8 @@ def test_post_steps_run_once_after_the_grid(done_sweep, study_file, tmp_path):
   assert (sweep_dir / "scan.txt.calls").read_text() == "x\n"
 
 
-def test_failing_post_step_is_reported(done_sweep, study_file, tmp_path):
-  sweep_dir = copy_sweep(done_sweep, tmp_path)
+def test_failing_post_step_is_reported(complete_sweep, study_file, tmp_path):
+  sweep_dir = copy_sweep(complete_sweep, tmp_path)
   script = tmp_path / "boom.py"
   script.write_text("import sys\nsys.exit(3)\n")
   study = dataclasses.replace(loader.load_study(f"{study_file}:cpu"),
