@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from bench import algorithm_speed, cohort, round_speed, workload, zoo
+from tests.testing import unoptimized_compiles
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPTS = ("round_speed.py", "algorithm_speed.py", "zoo.py", "analysis_speed.py")
@@ -21,10 +21,8 @@ def _last_json(capsys) -> dict:
 @pytest.fixture
 def fast_compile():
   # Compile time dominates at this size; the numbers are not checked.
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+  with unoptimized_compiles():
+    yield
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@
 - **Forged files**: ``write_npz_declaring`` writes an ``.npz`` whose ``.npy`` header lies.
 """
 
+import contextlib
 import functools
 import io
 import os
@@ -270,3 +271,22 @@ def write_npz_declaring(path, arrays: dict, key: str, shape=None, keep_bytes=Non
         np.lib.format.write_array_header_1_0(buf, header)
         buf.write(value.tobytes()[:keep_bytes])
       archive.writestr(f"{name}.npy", buf.getvalue())
+
+
+@contextlib.contextmanager
+def unoptimized_compiles():
+  """Skips most XLA optimizations (compile time dominates tiny programs) and keeps those
+  executables from later tests: neither jit's in-memory cache nor the session's persistent
+  compilation cache (tests/conftest.py) tells them from optimized ones, so a later test
+  tracing the same program would run the unoptimized executable and round differently
+  from a fresh process (the kill -9 tests compare the two bit for bit)."""
+  old = {k: jax.config.values[k] for k in ("jax_disable_most_optimizations",
+                                           "jax_enable_compilation_cache")}
+  jax.config.update("jax_disable_most_optimizations", True)
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    jax.clear_caches()
+    for k, v in old.items():
+      jax.config.update(k, v)

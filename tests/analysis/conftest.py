@@ -1,12 +1,11 @@
 """Analysis tests compile many small programs: XLA's optimizations cost more than they save."""
 
-import jax
 import pytest
+
+from tests.testing import unoptimized_compiles
 
 
 @pytest.fixture(autouse=True, scope="package")
 def _fast_compile():
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+  with unoptimized_compiles():
+    yield
