@@ -185,6 +185,11 @@ def grouped_bars(
       mean = [v[0] for v in values.values()]
       ci = [v[1] if np.isfinite(v[1]) else 0.0 for v in values.values()]
       ax.bar(pos, mean, width, yerr=ci, capsize=2, label=group)
+    # A row of 2 runs has a t-interval ~13 sd wide: clip the axis to the means (the
+    # table gives the intervals) rather than flatten every bar.
+    means = [v[0] for g in groups.values() for v in g.values() if np.isfinite(v[0])]
+    if means:
+      ax.set_ylim(min(0.0, 1.15 * min(means)), 1.15 * max(means) if max(means) > 0 else None)
     ax.set_xticks(range(len(xs)), xs, rotation=30, ha="right", fontsize=7)
     ax.set(xlabel=xlabel, title=metric)
     ax.grid(axis="y", alpha=0.3)

@@ -106,10 +106,12 @@ def _paired_family(spec: Paired, runs: Sequence[results.RunResult], by: Sequence
           "over pairs of row − reference ± the 95% Student-t half-width; *paired t p* and "
           "*Wilcoxon p* (signed-rank, zero differences dropped, exact for small n) are "
           "two-sided; *Holm p* adjusts the t-test p-values for all tested comparisons of this "
-          f"{'family' if titled else 'table'} (Holm–Bonferroni step-down); a row is significant when Holm p ≤ {spec.alpha:g}. "
+          f"{'family' if titled else 'table'} (Holm–Bonferroni step-down); a row is "
+          f"significant when Holm p ≤ {spec.alpha:g}. "
           "*pairs* counts the pairs used and, in brackets, runs without a same-seed partner "
-          "(unpaired) and pairs without the metric (missing). With 3 seeds the exact Wilcoxon "
-          "p-value cannot go below 0.25, and only large, consistent differences survive Holm.",
+          "(unpaired) and pairs without the metric (missing). With n pairs the exact two-sided "
+          "Wilcoxon p-value cannot go below 2 / 2^n (0.25 for 3, 0.0625 for 5), so the verdict "
+          "rests on the t-test; only large, consistent differences survive Holm.",
           "", paired.to_markdown(comparisons, by, spec.alpha), "",
           paired.summary(comparisons, spec.alpha), ""], comparisons
 
