@@ -20,9 +20,10 @@ architecture's centralized run, and every architecture against the CNN.
 
 cpu: RetinaMNIST only (5 classes: the task that separates models; PneumoniaMNIST
 saturates at AUC ~0.93 for every model and is in the full preset), 28 px, ResNet-8 / vit_xs / convnext_xs (the zoo's CPU-sized
-stand-ins, ~20 MFLOPs), 10 clients, S=5, B=32, 30 rounds, seeds 0-4. Its cost on
-2 cores has not been measured yet (the pilot's 16-round, 3-seed grid took
-~60 min), so it may need fewer rounds to fit 60 min.
+stand-ins, ~20 MFLOPs), 10 clients, S=5, B=32, 20 rounds, seeds 0-4. Sized from
+measured round costs on 2 cores (one job: CNN ~1.2 s/round, ResNet-8 ~3.8, vit_xs
+~3.3, convnext_xs ~4.4, plus 7-40 s to compile): ~65 min with --jobs=2 (30 rounds
+would take ~90); not yet run.
 full: ResNet-18 (BN/GN/LN), vit_ti, convnext_atto, the three datasets, S=5,
 B=64, 100 rounds, seeds 0-4.
 """
@@ -49,7 +50,7 @@ def adamw(rounds: int) -> dict:
 def get_study(preset: str = "cpu") -> Study:
   common.check_preset(preset)
   cpu = preset == "cpu"
-  rounds, per_round, steps = (30 if cpu else 100), 10, 5
+  rounds, per_round, steps = (20 if cpu else 100), 10, 5
   resnet, vit, convnext = ("resnet8", "vit_xs", "convnext_xs") if cpu else (
       "resnet18", "vit_ti", "convnext_atto")
   models = {
@@ -62,7 +63,7 @@ def get_study(preset: str = "cpu") -> Study:
   }
   fixed = {"fl.num_clients": 10, "fl.clients_per_round": per_round, "fl.local_steps": steps,
            "fl.batch_size": 32 if cpu else 64, "fl.rounds": rounds,
-           "eval.every": 3 if cpu else 5, "ckpt.every": 10}
+           "eval.every": 4 if cpu else 5, "ckpt.every": 10}
   settings = {"centralized": common.centralized(per_round, steps),
               **{f"fedavg_{k}": common.PARTITIONS[k] for k in ("iid", "a1")}}
   data = common.pick(common.DATASETS, ("retina",)) if cpu else common.DATASETS
