@@ -167,7 +167,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if fl.client_opt == "adamw":
     _check(fl.client_momentum == 0, "fl.client_momentum", fl.client_momentum,
            "adamw has its own first moment (b1 0.9): leave fl.client_momentum unset")
-  _check(fl.client_lr_schedule in ("constant", "cosine"), "fl.client_lr_schedule",
+  _check(fl.client_lr_schedule in optimizers.SCHEDULES, "fl.client_lr_schedule",
          fl.client_lr_schedule, "choose constant or cosine")
   _check(isinstance(fl.client_warmup_rounds, int) and 0 <= fl.client_warmup_rounds < fl.rounds,
          "fl.client_warmup_rounds", fl.client_warmup_rounds,
@@ -192,7 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"choose one of {partition.KINDS}")
   _check(math.isfinite(config.fl.local_epochs) and config.fl.local_epochs >= 0,
          "fl.local_epochs", config.fl.local_epochs, "must be >= 0 (0 = use fl.local_steps)")
-  _check(config.fl.server_lr_schedule in ("constant", "cosine"), "fl.server_lr_schedule",
+  _check(config.fl.server_lr_schedule in optimizers.SCHEDULES, "fl.server_lr_schedule",
          config.fl.server_lr_schedule, "choose constant or cosine")
   _check(0 <= config.fl.server_lr_min_ratio <= 1, "fl.server_lr_min_ratio",
          config.fl.server_lr_min_ratio, "must be in [0, 1]")

@@ -40,6 +40,7 @@ def server(name: str, lr, momentum: float = 0.0, eps: float = 1e-3) -> optax.Gra
 
 
 CLIENT = ("sgd", "momentum", "adamw")
+SCHEDULES = ("constant", "cosine")  # learning-rate schedules over the run (client and server)
 # Heavy-ball momentum of client_opt=momentum when fl.client_momentum is not set.
 DEFAULT_MOMENTUM = 0.9
 
@@ -82,7 +83,7 @@ def client_lr_scale(rounds: int, warmup_rounds: int = 0, schedule: str = "consta
   Raises:
     ValueError: unknown schedule, or a warmup that leaves no round.
   """
-  if schedule not in ("constant", "cosine"):
+  if schedule not in SCHEDULES:
     raise ValueError(f"unknown client lr schedule {schedule!r}; choose constant or cosine")
   if not 0 <= warmup_rounds < rounds:
     raise ValueError(f"warmup_rounds={warmup_rounds} must be in [0, rounds={rounds})")

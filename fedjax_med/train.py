@@ -142,8 +142,8 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
           "pseudo_grad_norm": float(m.pseudo_grad_norm),
           **comm_bytes(r + 1),
           # the round's client lr, when a schedule changes it (fl.client_lr_schedule / warmup)
-          **({"client_lr": fl.client_lr * float(exp.plan.client_lr_scale(r))}
-             if exp.plan.client_lr_scale is not None else {}),
+          **({"client_lr": _client_lr(exp, r)} if exp.plan.client_lr_scale is not None
+             else {}),
           **({k: float(v) for k, v in jax.device_get(diagnose(state)).items()} if diagnose
              else {}),
       })
@@ -154,7 +154,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
                  {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
       if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
         record({"round": r + 1, "split": "analysis",
-                **_stability(analysis_fn(state.params, r + 1), exp.plan, fl.client_lr, r)})
+                **_stability(analysis_fn(state.params, r + 1), _client_lr(exp, r))})
       if (r + 1) % config.ckpt.every == 0 or done:
         ckpt.save(state)
   finally:
@@ -254,15 +254,20 @@ def _mean_loss(m: types.RoundMetrics) -> float:
   return float(np.asarray(m.client_loss).sum() / steps.sum())
 
 
-def _stability(measured: dict, plan, client_lr: float, round_: int) -> dict:
-  """Adds ``stability_ratio`` = lambda_max * lr / 2 at this round's client lr: gradient
-  descent at lr is stable along the top Hessian direction only while it is < 1 (2 / lr,
-  the edge of stability of Cohen et al. 2021)."""
+def _client_lr(exp: experiment.Experiment, round_: int) -> float:
+  """The client learning rate of round ``round_`` (0-based), schedule included."""
+  scale = exp.plan.client_lr_scale
+  return exp.config.fl.client_lr * (1.0 if scale is None else float(scale(round_)))
+
+
+def _stability(measured: dict, lr: float) -> dict:
+  """Adds ``stability_ratio`` = lambda_max * lr / 2 at this round's client lr: (S)GD at lr
+  is stable along the top Hessian direction only while it is < 1 (2 / lr, the edge of
+  stability of Cohen et al. 2021; for AdamW the bound is on the preconditioned Hessian)."""
   lam = measured.get("lambda_max")
   if lam is None or not np.isfinite(lam):
     return measured
-  scale = 1.0 if plan.client_lr_scale is None else float(plan.client_lr_scale(round_))
-  return {**measured, "stability_ratio": float(lam) * client_lr * scale / 2.0}
+  return {**measured, "stability_ratio": float(lam) * lr / 2.0}
 
 
 def _make_analysis_fn(config: ml_collections.ConfigDict, model, ds):
