@@ -20,10 +20,10 @@ architecture's centralized run, and every architecture against the CNN.
 
 cpu: RetinaMNIST only (5 classes: the task that separates models; PneumoniaMNIST
 saturates at AUC ~0.93 for every model and is in the full preset), 28 px, ResNet-8 / vit_xs / convnext_xs (the zoo's CPU-sized
-stand-ins, ~20 MFLOPs), 10 clients, S=5, B=32, 20 rounds, seeds 0-4. Sized from
+stand-ins, ~20 MFLOPs), 10 clients, S=5, B=32, 16 rounds, seeds 0-4. Sized from
 measured round costs on 2 cores (one job: CNN ~1.2 s/round, ResNet-8 ~3.8, vit_xs
-~3.3, convnext_xs ~4.4, plus 7-40 s to compile): ~65 min with --jobs=2 (30 rounds
-would take ~90); not yet run.
+~3.3, convnext_xs ~4.4, plus 7-40 s to compile): ~55 min with --jobs=2 (20 rounds
+would take ~65, over the 60-minute budget).
 full: ResNet-18 (BN/GN/LN), vit_ti, convnext_atto, the three datasets, S=5,
 B=64, 100 rounds, seeds 0-4.
 """
@@ -50,7 +50,7 @@ def adamw(rounds: int) -> dict:
 def get_study(preset: str = "cpu") -> Study:
   common.check_preset(preset)
   cpu = preset == "cpu"
-  rounds, per_round, steps = (20 if cpu else 100), 10, 5
+  rounds, per_round, steps = (16 if cpu else 100), 10, 5
   resnet, vit, convnext = ("resnet8", "vit_xs", "convnext_xs") if cpu else (
       "resnet18", "vit_ti", "convnext_atto")
   models = {
