@@ -133,6 +133,27 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.m = 0  # m-sharpness batch size (0 = off)
   c.analysis.rho = 0.05
 
+  # Differential privacy (README "Privacy"; needs the extra: pip install -e ".[privacy]").
+  c.privacy = ml_collections.ConfigDict()
+  # none | record (DP-SGD in every client: protects each patient record) |
+  # client (DP-FedAvg: protects a whole site's contribution)
+  c.privacy.level = "none"
+  # Give one: the noise multiplier sigma, or a target epsilon for the planned run (the
+  # noise is then calibrated before training and logged).
+  c.privacy.noise_multiplier = config_dict.placeholder(float)
+  c.privacy.epsilon = config_dict.placeholder(float)
+  c.privacy.delta = 1e-5  # must be < 1 / (records of the largest client | number of clients)
+  c.privacy.clip_norm = 1.0  # L2 bound of each example's gradient (record) / client delta (client)
+  # client: adaptive clipping to this quantile of the update norms (Andrew et al. 2021);
+  # None = fixed clip_norm. clip_lr: its geometric step; count_noise: std of the noise on the
+  # count of unclipped clients (None = expected clients / 20).
+  c.privacy.target_quantile = config_dict.placeholder(float)
+  c.privacy.clip_lr = 0.2
+  c.privacy.count_noise = config_dict.placeholder(float)
+  c.privacy.accountant = "rdp"  # rdp | pld (dp-accounting)
+  # Stop (exit 0, recorded in summary.json) before the round that would exceed this epsilon.
+  c.privacy.max_epsilon = config_dict.placeholder(float)
+
   c.log = ml_collections.ConfigDict()
   c.log.progress = "auto"  # auto (bar on a terminal) | bar | lines | none
   return c

@@ -14,6 +14,21 @@ twice (once at the end of one epoch, once at the start of the next), as in
 ``repeat().batch()`` input pipelines. Slots ``b_c..B-1`` of every step are
 padding. The permutations depend only on ``(seed, r, c)``: not on which other
 clients were sampled, their order, or ``pad_clients_to``.
+
+Poisson variants (differential privacy). Privacy amplification by subsampling, as
+``dp_accounting`` accounts it, assumes Poisson sampling: every unit is included
+independently with probability q, so the sample size is random.
+:func:`sample_clients_poisson` draws the clients of a round that way (client-level
+DP, DP-FedAvg); :func:`make_poisson_client_batch` builds record-level DP-SGD steps in
+which client c includes each of its ``n_c`` examples independently with probability
+``q_c = min(1, B / n_c)`` (:func:`record_sampling_probs`) at every step. A step then
+holds a random number of examples in a fixed number of slots, ``capacity`` (see
+:func:`poisson_capacity`); the rest is padding, and a step may be empty, which is a
+real DP-SGD step (noise only), not padding. A step that draws more than
+``capacity`` examples raises instead of truncating, since truncation would change
+the privacy analysis. Each step's sample is drawn from the gaps between included
+examples (geometric), so the work is proportional to the output, not to ``n_c``;
+it is a pure function of ``(seed, r, c, step)`` through a stream of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +46,10 @@ T = TypeVar("T")
 
 # Distinguishes the example-order stream from other uses of (seed, round).
 _BATCH_STREAM = 1
+# Streams of the Poisson samplers. Not 0: SeedSequence([s, r]) == SeedSequence([s, r, 0]),
+# so 0 would reproduce sample_clients' stream.
+_CLIENT_POISSON_STREAM = 2
+_RECORD_POISSON_STREAM = 3
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -285,3 +304,251 @@ class Prefetcher(Generic[T]):
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+# ----------------------------------------------------------------------------- Poisson sampling
+
+
+def poisson_capacity(expected: float, population: int, tail: float = 1e-9) -> int:
+  """Slots that hold a Poisson sample of ``population`` units except with prob. <= ``tail``.
+
+  Each unit is kept independently with probability ``q = expected / population``,
+  so the sample size is ``Binomial(population, q)``; the capacity is the smallest
+  ``k`` with ``P[Binomial(population, q) > k] <= tail`` (``scipy.stats.binom``),
+  at least 1 and at most ``population``. For record-level DP-SGD use
+  ``expected = min(batch_size, n_c)`` and ``population = n_c`` and take the maximum
+  over clients; ``tail`` is then the chance that one step of one client overflows,
+  so divide the failure probability you accept by rounds * clients * steps.
+
+  Args:
+    expected: the expected sample size, ``>= 0``; ``>= population`` (q >= 1) gives
+      ``population``.
+    population: the number of units, ``>= 1``.
+    tail: the accepted overflow probability, in ``(0, 1)``.
+
+  Returns:
+    The capacity, an int in ``[1, population]``.
+
+  Raises:
+    errors.ConfigError: invalid arguments.
+  """
+  expected = partition_base.check_float("expected", expected)
+  population = partition_base.check_int("population", population, minimum=1)
+  tail = partition_base.check_float("tail", tail, positive=True)
+  if tail >= 1:
+    raise errors.ConfigError(f"tail must be < 1, got {tail}")
+  q = expected / population
+  if q >= 1:
+    return population
+  if q <= 0:
+    return 1
+  from scipy import stats  # noqa: PLC0415 -- a jax dependency; imported only where used
+
+  dist = stats.binom(population, q)
+  k = int(np.clip(dist.isf(tail), 0, population))
+  # isf is computed in floating point: step to the exact smallest k with sf(k) <= tail.
+  while k > 0 and dist.sf(k - 1) <= tail:
+    k -= 1
+  while k < population and dist.sf(k) > tail:
+    k += 1
+  return max(1, k)
+
+
+def sample_clients_poisson(num_clients: int, rate: float, seed: int, round_idx: int) -> np.ndarray:
+  """The clients of round ``round_idx`` under Poisson sampling (client-level DP).
+
+  Every client takes part independently with probability ``rate``, so the number
+  of clients varies from round to round and may be 0. The draw uses
+  ``np.random.default_rng([seed, round_idx, 2])``, a stream distinct from
+  :func:`sample_clients`' and :func:`make_client_batch`'s, so it is a pure function
+  of its arguments.
+
+  Args:
+    num_clients: the number of clients in the federation.
+    rate: the sampling probability q, in ``(0, 1]``; 1 returns
+      ``arange(num_clients)``.
+    seed: a non-negative integer.
+    round_idx: the round, a non-negative integer.
+
+  Returns:
+    [C] int32 client ids, ascending; C is random (``Binomial(num_clients, rate)``).
+
+  Raises:
+    errors.ConfigError: invalid arguments.
+  """
+  num_clients = partition_base.check_int("num_clients", num_clients, minimum=1)
+  rate = partition_base.check_float("rate", rate, positive=True)
+  if rate > 1:
+    raise errors.ConfigError(f"rate must be in (0, 1], got {rate}")
+  seed = partition_base.check_seed(seed)
+  round_idx = partition_base.check_int("round_idx", round_idx, minimum=0)
+  if rate == 1:
+    return np.arange(num_clients, dtype=np.int32)
+  rng = np.random.default_rng([seed, round_idx, _CLIENT_POISSON_STREAM])
+  return np.flatnonzero(rng.random(num_clients) < rate).astype(np.int32)
+
+
+def record_sampling_probs(sizes: np.ndarray, batch_size: int) -> np.ndarray:
+  """Record-level sampling probability of every client, ``q_c = min(1, B / n_c)``.
+
+  Args:
+    sizes: [K] non-negative example counts (e.g. ``partition.sizes``).
+    batch_size: B, the expected examples per step, ``>= 1``.
+
+  Returns:
+    [K] float64 ``q_c`` (0 for empty clients).
+
+  Raises:
+    errors.ConfigError: invalid arguments.
+  """
+  bsz = partition_base.check_int("batch_size", batch_size, minimum=1)
+  sizes = np.asarray(sizes)
+  if sizes.size and (not np.issubdtype(sizes.dtype, np.integer) or sizes.min() < 0):
+    raise errors.ConfigError("sizes must be non-negative integers")
+  sizes = sizes.astype(np.float64)
+  return np.where(sizes > 0, np.minimum(1.0, bsz / np.maximum(sizes, 1.0)), 0.0)
+
+
+def make_poisson_client_batch(
+    images: np.ndarray,
+    labels: np.ndarray,
+    partition: partition_base.Partition,
+    client_ids: np.ndarray,
+    *,
+    local_steps: int,
+    batch_size: int,
+    capacity: int,
+    seed: int,
+    round_idx: int,
+    pad_clients_to: int | None = None,
+) -> types.ClientBatch:
+  """Record-level DP-SGD batches of the sampled clients for one round (Poisson).
+
+  At each of the S steps, client c includes each of its ``n_c`` examples
+  independently with probability ``q_c = min(1, B / n_c)`` (expected step size
+  ``min(B, n_c)``; :func:`record_sampling_probs`). The included examples fill the
+  first slots of a ``[capacity]`` step in the client's partition order (mask
+  True); the other slots are padding. A step may be empty (mask all False): that
+  is a real DP-SGD step (noise only), and callers must not treat it as padding.
+
+  The sample is drawn as the gaps between included examples, which are i.i.d.
+  ``Geometric(q_c)``: the k-th gap of step s comes from a hash of
+  ``(seed, round_idx, c, s, k)``, so the whole round is a few vectorized array
+  operations over ``[C, S, capacity + 1]`` (no per-client or per-example Python
+  loop), and the work does not grow with ``n_c``. The selection depends only on
+  ``(seed, round_idx, c, s)``: not on which other clients were sampled, their
+  order, ``pad_clients_to``, ``local_steps`` (step s is the same for any S > s) or
+  ``capacity`` (which only decides whether it fits).
+
+  Args:
+    images: [N, H, W, ch] training images (any dtype; kept, e.g. uint8).
+    labels: [N] (or [N, L] multi-label) integer labels.
+    partition: the partition of the N training examples into clients.
+    client_ids: [C] int ids of the sampled clients (C may be 0).
+    local_steps: S, local DP-SGD steps per client.
+    batch_size: B, the expected examples per step.
+    capacity: slots per step, ``>= 1``; see :func:`poisson_capacity`.
+    seed: a non-negative integer.
+    round_idx: the round, a non-negative integer.
+    pad_clients_to: if given, append zero-weight padding clients up to this many.
+
+  Returns:
+    A ClientBatch of numpy arrays: image [C', S, capacity, H, W, ch] (images'
+    dtype), label [C', S, capacity] int32, mask [C', S, capacity] bool, weight
+    [C'] float32 (= n_c, 0 for padding clients), client_id [C'] int32 (-1 for
+    padding), where C' = ``pad_clients_to`` or C.
+
+  Raises:
+    errors.ConfigError: invalid arguments.
+    RuntimeError: a step drew more than ``capacity`` examples (never truncated,
+      since truncation changes the privacy analysis); raise ``capacity``.
+  """
+  steps = partition_base.check_int("local_steps", local_steps, minimum=1)
+  bsz = partition_base.check_int("batch_size", batch_size, minimum=1)
+  cap = partition_base.check_int("capacity", capacity, minimum=1)
+  seed = partition_base.check_seed(seed)
+  round_idx = partition_base.check_int("round_idx", round_idx, minimum=0)
+  images, labels = np.asarray(images), np.asarray(labels)
+  if len(images) != len(labels):
+    raise errors.ConfigError(f"{len(images)} images but {len(labels)} labels")
+  client_ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+  num_real = len(client_ids)
+  if num_real and (client_ids.min() < 0 or client_ids.max() >= partition.num_clients):
+    raise errors.ConfigError(
+        f"client ids must lie in [0, {partition.num_clients}), got "
+        f"[{client_ids.min()}, {client_ids.max()}]"
+    )
+  num_out = num_real
+  if pad_clients_to is not None:
+    num_out = partition_base.check_int("pad_clients_to", pad_clients_to, minimum=0)
+    if num_out < num_real:
+      raise errors.ConfigError(
+          f"pad_clients_to={num_out} is smaller than the {num_real} sampled clients"
+      )
+
+  n = partition.sizes[client_ids]  # [C]
+  start = partition.offsets[client_ids]  # [C]
+  q = record_sampling_probs(n, bsz)  # [C]
+  round_key = np.random.SeedSequence([seed, round_idx, _RECORD_POISSON_STREAM]).generate_state(
+      1, np.uint64
+  )
+  client_key = _mix(round_key[0] ^ _mix(client_ids.astype(np.uint64)))  # [C]
+  positions = _poisson_positions(client_key, n, q, steps, cap + 1)  # [C, S, cap + 1]
+  included = positions < n[:, None, None]  # a prefix of each step's row
+  overflow = included[..., cap]  # [C, S]: the (cap + 1)-th inclusion still lies within n_c
+  if overflow.any():
+    row, step = (int(i[0]) for i in np.nonzero(overflow))
+    # The exact count needs more gaps; each gap is >= 1, so n_c gaps always suffice.
+    one = slice(row, row + 1)
+    full = _poisson_positions(client_key[one], n[one], q[one], step + 1, int(n[row]))
+    drawn = int((full[0, step] < n[row]).sum())
+    raise RuntimeError(
+        f"Poisson sampling drew {drawn} examples for client {int(client_ids[row])} at step "
+        f"{step} of round {round_idx}, more than capacity={cap} (expected "
+        f"{float(n[row] * q[row]):.3g} of n_c={int(n[row])}; {int(overflow.sum())} step(s) "
+        "of this round overflow). Raise the capacity (see batching.poisson_capacity with a "
+        "smaller tail); examples are never dropped, since truncation would change the "
+        "privacy analysis"
+    )
+
+  mask = np.zeros((num_out, steps, cap), bool)
+  mask[:num_real] = included[..., :cap]
+  local = (start[:, None, None] + positions[..., :cap])[mask[:num_real]]
+  example = partition.indices[local]  # global indices of the included examples, step-major
+  image = np.zeros((num_out, steps, cap, *images.shape[1:]), images.dtype)
+  image[mask] = images[example]
+  label = np.zeros((num_out, steps, cap, *labels.shape[1:]), np.int32)
+  label[mask] = labels[example]
+  weight = np.zeros(num_out, np.float32)
+  weight[:num_real] = n
+  client_id = np.full(num_out, -1, np.int32)
+  client_id[:num_real] = client_ids
+  return types.ClientBatch(
+      image=image, label=label, mask=mask, weight=weight, client_id=client_id
+  )
+
+
+def _poisson_positions(
+    client_key: np.ndarray, n: np.ndarray, q: np.ndarray, steps: int, draws: int
+) -> np.ndarray:
+  """[C, steps, draws] int64 local indices of the first ``draws`` Bernoulli(q) inclusions.
+
+  Row (c, s) lists, ascending, the examples that a pass over ``0, 1, 2, ...`` with
+  independent ``Bernoulli(q[c])`` coins includes; entries ``>= n[c]`` lie beyond
+  the client's data (so ``positions < n`` marks the step's sample). Gap k is
+  ``floor(log(u) / log(1 - q)) + 1``, ``Geometric(q)`` by inversion, with ``u`` in
+  (0, 1] hashed from ``(client_key[c], s, k)``.
+  """
+  step_key = _mix(client_key[:, None] ^ _mix(np.arange(steps, dtype=np.uint64)))  # [C, S]
+  bits = _mix(step_key[..., None] ^ np.arange(draws, dtype=np.uint64))  # [C, S, draws]
+  u = ((bits >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]
+  n_f = n.astype(np.float64)[:, None, None]
+  q = q[:, None, None]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    skip = np.log(u) / np.log1p(-q)  # >= 0; nan/-0 where q is 0 or 1, replaced below
+  # q >= 1 keeps every example (gap 1); an empty client (q = 0) keeps nothing anyway.
+  # Clipping the gap at n + 1 keeps the cumulative sum small without changing which
+  # positions fall below n.
+  skip = np.where((q > 0) & (q < 1), np.minimum(skip, n_f), 0.0)
+  gap = np.floor(skip).astype(np.int64) + 1
+  return np.cumsum(gap, axis=-1) - 1

@@ -10,6 +10,7 @@ half-written output, and the resolved config is what ``config.json`` records.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 
@@ -236,8 +237,61 @@ def validate(config: ml_collections.ConfigDict) -> None:
            config.fl.clients_per_round,
            "centralized training pools every site's data into one client: set it to 1 "
            "(fl.num_clients stays the number of sites evaluated on their held-out shares)")
+  _validate_privacy(config, entry)
   ev = config.eval
   _check(isinstance(ev.site_holdout, (int, float)) and 0 <= ev.site_holdout <= 0.9,
          "eval.site_holdout", ev.site_holdout, "must be in [0, 0.9] (0 = no per-site test share)")
   _check(ev.select_on in SELECT_ON, "eval.select_on", ev.select_on,
          f"choose one of {sorted(SELECT_ON)}")
+
+
+PRIVACY_LEVELS = ("none", "record", "client")
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def _validate_privacy(config: ml_collections.ConfigDict, entry) -> None:
+  """``config.privacy``: values, and what contradicts the rest of the run."""
+  p, name = config.privacy, config.algorithm.name
+  _check(p.level in PRIVACY_LEVELS, "privacy.level", p.level, f"choose one of {PRIVACY_LEVELS}")
+  if p.level == "none":
+    return
+  missing = [m for m in ("jax_privacy", "dp_accounting") if importlib.util.find_spec(m) is None]
+  _check(not missing, "privacy.level", p.level,
+         f"needs {' and '.join(missing)}: pip install -e \".[privacy]\" (or fedjax-med[privacy])")
+  _check(p.level in entry.privacy, "privacy.level", p.level,
+         f"{name} does not support {p.level}-level DP; algorithms that do: "
+         f"{[n for n, e in algorithm_registry.ENTRIES.items() if p.level in e.privacy]}")
+  given = [k for k in ("noise_multiplier", "epsilon") if p[k] is not None]
+  if len(given) != 1:
+    raise ConfigError(
+        "invalid --config.privacy.noise_multiplier / --config.privacy.epsilon: give exactly one "
+        f"(the noise, or a target epsilon to calibrate it for), got {given or 'neither'}")
+  if p.noise_multiplier is not None:
+    _check(math.isfinite(p.noise_multiplier) and p.noise_multiplier >= 0,
+           "privacy.noise_multiplier", p.noise_multiplier, "must be a finite number >= 0")
+  if p.epsilon is not None:
+    _check(p.epsilon > 0, "privacy.epsilon", p.epsilon, "must be > 0 (inf = no noise)")
+  _check(isinstance(p.delta, float) and 0 < p.delta < 1, "privacy.delta", p.delta,
+         "must be in (0, 1), and below 1 / the number of protected units")
+  _check(p.clip_norm > 0, "privacy.clip_norm", p.clip_norm, "must be > 0 (inf = no clipping)")
+  _check(p.accountant in ACCOUNTANTS, "privacy.accountant", p.accountant,
+         f"choose one of {ACCOUNTANTS}")
+  if p.max_epsilon is not None:
+    _check(p.max_epsilon > 0, "privacy.max_epsilon", p.max_epsilon, "must be > 0 (unset = no cap)")
+  if p.target_quantile is not None:
+    _check(p.level == "client", "privacy.target_quantile", p.target_quantile,
+           "adaptive clipping is for client-level DP; leave it unset with privacy.level=record")
+    _check(0 < p.target_quantile < 1, "privacy.target_quantile", p.target_quantile,
+           "must be in (0, 1)")
+    _check(math.isfinite(p.clip_norm), "privacy.clip_norm", p.clip_norm,
+           "adaptive clipping starts from a finite clip norm")
+  _check(math.isfinite(p.clip_lr) and p.clip_lr > 0, "privacy.clip_lr", p.clip_lr, "must be > 0")
+  if p.count_noise is not None:
+    _check(math.isfinite(p.count_noise) and p.count_noise > 0, "privacy.count_noise",
+           p.count_noise, "must be a finite number > 0 (unset = expected clients / 20)")
+  if p.level == "record":
+    _check(config.fl.local_epochs == 0, "fl.local_epochs", config.fl.local_epochs,
+           "record-level DP runs every one of fl.local_steps (Poisson batches): set it to 0")
+    _check(config.model.norm != "batch", "model.norm", config.model.norm,
+           "BatchNorm mixes the examples of a batch, so DP-SGD's per-example gradients do not "
+           "exist: use group or layer")

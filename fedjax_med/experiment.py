@@ -62,12 +62,34 @@ class Experiment(NamedTuple):
   evaluator: evaluation.Evaluator
   bytes_up_per_round: int  # every sampled client's (compressed) upload
   bytes_down_per_round: int  # the model sent to every sampled client
+  privacy: Any = None  # privacy.plan.PrivacyPlan, or None without DP
+
+  @property
+  def round_clients(self) -> int:
+    """Client slots of a round: clients_per_round, or the Poisson cohort's bound (client DP)."""
+    if self.privacy is not None and self.privacy.level == "client":
+      return self.privacy.capacity
+    return self.config.fl.clients_per_round
 
   def make_batch(self, round_idx: int, pad_clients_to: int) -> types.ClientBatch:
-    """Round ``round_idx``'s sampled clients and their local data (host numpy)."""
-    c, fl = self.config, self.config.fl
-    client_ids = batching.sample_clients(self.partition.num_clients, fl.clients_per_round, c.seed,
-                                         round_idx)
+    """Round ``round_idx``'s sampled clients and their local data (host numpy).
+
+    With DP the sampling is Poisson (what the accountant assumes): of the clients
+    (client level, ``pad_clients_to`` >= ``round_clients``) or of every client's
+    records at every step (record level, ``privacy.capacity`` slots a step).
+    """
+    c, fl, dp = self.config, self.config.fl, self.privacy
+    num_clients = self.partition.num_clients
+    if dp is not None and dp.level == "client":
+      client_ids = batching.sample_clients_poisson(num_clients, dp.sampling_prob, c.seed,
+                                                   round_idx)
+    else:
+      client_ids = batching.sample_clients(num_clients, fl.clients_per_round, c.seed, round_idx)
+    if dp is not None and dp.level == "record":
+      return batching.make_poisson_client_batch(
+          self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
+          local_steps=self.local_steps, batch_size=fl.batch_size, capacity=dp.capacity,
+          seed=c.seed, round_idx=round_idx, pad_clients_to=pad_clients_to)
     return batching.make_client_batch(
         self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
         local_steps=self.local_steps, batch_size=fl.batch_size, seed=c.seed, round_idx=round_idx,
@@ -162,21 +184,32 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                            norm=config.model.norm)
   loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
   compressor = make_compressor(config)
+  local_steps = fl.local_steps
+  if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
+    local_steps = batching.epoch_steps(train_part.sizes, fl.batch_size, fl.local_epochs)
+    log.info("%g local epochs: S = %d steps (largest client)", fl.local_epochs, local_steps)
+  privacy_plan = None
+  if config.privacy.level != "none":
+    from fedjax_med.privacy import plan as privacy_plan_lib  # the optional extra
+
+    privacy_plan = privacy_plan_lib.make(config, train_part, local_steps)
   plan = algorithms.RoundPlan(
       num_clients=fl.num_clients, chunk_size=eng.client_chunk_size, unroll=eng.local_unroll,
       compressor=compressor, error_feedback=bool(config.comm.error_feedback and compressor),
       client_lr_scale=optimizers.client_lr_scale(
           fl.rounds, fl.client_warmup_rounds, fl.client_lr_schedule, fl.client_lr_min_ratio),
+      record_dp=privacy_plan.mechanism if privacy_plan and privacy_plan.level == "record" else None,
+      client_dp=privacy_plan.mechanism if privacy_plan and privacy_plan.level == "client" else None,
   )
-  local_steps = fl.local_steps
-  if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
-    local_steps = batching.epoch_steps(train_part.sizes, fl.batch_size, fl.local_epochs)
-    log.info("%g local epochs: S = %d steps (largest client)", fl.local_epochs, local_steps)
   image_bytes = int(np.prod(ds.image_shape)) * ds.train.images.dtype.itemsize
+  step_slots = privacy_plan.capacity if privacy_plan and privacy_plan.level == "record" else (
+      fl.batch_size)
+  round_clients = (privacy_plan.capacity if privacy_plan and privacy_plan.level == "client" else
+                   fl.clients_per_round)
   config_lib.check_batch_bytes(
       "fl.local_epochs" if fl.local_epochs > 0 else "fl.batch_size",
       fl.local_epochs or fl.batch_size,
-      fl.clients_per_round * local_steps * fl.batch_size * image_bytes)
+      round_clients * local_steps * step_slots * image_bytes)
   config_lib.check_batch_bytes("eval.batch_size", config.eval.batch_size,
                                config.eval.batch_size * image_bytes)
   evaluator = evaluation.Evaluator(model, ds, sites.test, batch_size=config.eval.batch_size)
@@ -191,9 +224,14 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     per_client += entry.extra_uploads * compression.upload_bits(None, shapes)
     up = fl.clients_per_round * per_client // 8
     down = fl.clients_per_round * compression.model_bits(shapes) // 8
+  if privacy_plan is not None and privacy_plan.level == "record" and "batch_stats" in shapes:
+    raise errors.ConfigError(
+        f"invalid --config.model.name={config.model.name!r} with --config.privacy.level=record: "
+        "its BatchNorm mixes the examples of a batch, so DP-SGD's per-example gradients do not "
+        "exist; use a model without BatchNorm (cnn, or model.norm=group / layer)")
   exp = Experiment(config, ds, train_part, sites, eng, model, loss_fn, plan,
                    make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,
-                   up, down)
+                   up, down, privacy_plan)
   try:  # trace init now (shapes only): what the model cannot do is an input error
     jax.eval_shape(exp.initial_state)
   except ValueError as e:

@@ -73,11 +73,15 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
   writer.truncate_after(start)
   mesh = sharding.make_mesh()
   state = sharding.replicate(state, mesh)
-  padded_clients = sharding.pad_multiple(fl.clients_per_round, mesh, exp.engine.client_chunk_size)
+  padded_clients = sharding.pad_multiple(exp.round_clients, mesh, exp.engine.client_chunk_size)
+  dp = exp.privacy
+  # The last round: fl.rounds, or earlier where the next round would pass privacy.max_epsilon.
+  end = fl.rounds if dp is None else dp.last_round
 
   def comm_bytes(rounds_done: int) -> dict:
+    spent = {} if dp is None else {"epsilon": float(dp.epsilon[rounds_done])}
     return {"bytes_up": rounds_done * exp.bytes_up_per_round,
-            "bytes_down": rounds_done * exp.bytes_down_per_round}
+            "bytes_down": rounds_done * exp.bytes_down_per_round, **spent}
 
   def evaluate(params, round_idx: int, extra: dict | None = None) -> dict:
     results = exp.evaluator.splits(params)
@@ -93,12 +97,12 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
     return results
 
   prefetcher = batching.Prefetcher(functools.partial(exp.make_batch, pad_clients_to=padded_clients),
-                                   stop=fl.rounds)
+                                   stop=end)
   round_fn = sharding.jit_round(exp.algorithm.round, mesh)
   diagnose = exp.algorithm.diagnostics and jax.jit(exp.algorithm.diagnostics)
   state_finite = jax.jit(_all_finite)
   analysis_fn = _make_analysis_fn(config, exp.model, ds)
-  progress = Progress(fl.rounds, mode=config.log.progress, unit="round", initial=start)
+  progress = Progress(end, mode=config.log.progress, unit="round", initial=start)
   events = metrics.EventWriter(os.path.join(workdir, "tensorboard"))
   events.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
 
@@ -106,12 +110,12 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
     writer.write(rec)
     events.write(rec)
 
-  if start < fl.rounds:
+  if start < end:
     log.info("compiling the round (%s, %d clients a round)...", config.algorithm.name,
              fl.clients_per_round)
   first_round_s = None
   try:
-    for r in range(start, fl.rounds):
+    for r in range(start, end):
       host_batch = prefetcher.get(r)
       batch = sharding.shard_clients(host_batch, mesh)
       with jax.transfer_guard_host_to_device("disallow"):
@@ -146,15 +150,17 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
              else {}),
           **({k: float(v) for k, v in jax.device_get(diagnose(state)).items()} if diagnose
              else {}),
+          **({k: float(v) for k, v in m.privacy.items()} if m.privacy is not None else {}),
       })
       progress.update(r + 1, f"train loss {train_loss:.4f}")
-      done = r + 1 == fl.rounds
+      done = r + 1 == end
       if (r + 1) % config.eval.every == 0 or done:
         evaluate(state.params, r + 1,
                  {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
       if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
         record({"round": r + 1, "split": "analysis",
-                **_stability(analysis_fn(state.params, r + 1), _client_lr(exp, r))})
+                **_stability(analysis_fn(state.params, r + 1), _client_lr(exp, r)),
+                **({} if dp is None else {"epsilon": float(dp.epsilon[r + 1])})})
       if (r + 1) % config.ckpt.every == 0 or done:
         ckpt.save(state)
   finally:
@@ -165,9 +171,9 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
   records = metrics.read_jsonl(writer.path)
   final = {}
   for split in ("val", "test"):
-    last = [x for x in records if x["split"] == split and x["round"] == fl.rounds]
+    last = [x for x in records if x["split"] == split and x["round"] == end]
     if not last:  # resumed an already finished run: evaluate again
-      last = [evaluate(state.params, fl.rounds)[split]]
+      last = [evaluate(state.params, end)[split]]
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
   own = exp.algorithm.client_params
   host_state = jax.device_get(state) if own is not None else None
@@ -189,14 +195,15 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       "time_to_first_round_s": first_round_s,
       "engine": exp.engine._asdict(),
       "compressor": config.comm.compressor,
-      "total_bytes_up": comm_bytes(fl.rounds)["bytes_up"],
-      "total_bytes_down": comm_bytes(fl.rounds)["bytes_down"],
+      "total_bytes_up": comm_bytes(end)["bytes_up"],
+      "total_bytes_down": comm_bytes(end)["bytes_down"],
       "target_accuracy": target,
       "rounds_to_target": reached[0] if reached else None,
       "bytes_up_to_target": comm_bytes(reached[0])["bytes_up"] if reached else None,
       **final,
       "selected": select(records, config.eval.select_on),
       "sites": sites,
+      **({} if dp is None else {"privacy": dp.summary(end, jax.device_get(state.privacy))}),
   }
   checkpoint.kill_point("summary", int(state.round))  # test hook; no-op unless set
   metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)

@@ -61,6 +61,7 @@ class ServerState(NamedTuple):
   rng: PRNGKey  # uint32 [2]; the round key is fold_in(rng, round)
   server: PyTree = None  # the algorithm's server-side extras (SCAFFOLD's c, FedDyn's h), or None
   client_state: ClientState | None = None  # per-client rows [N, ...], or None (stateless)
+  privacy: PyTree = None  # client-level DP's server state (the adaptive clip norm), or None
 
 
 class RoundMetrics(NamedTuple):
@@ -70,6 +71,8 @@ class RoundMetrics(NamedTuple):
   client_steps: Array  # [C] int32 number of steps with real data
   update_norm: Array  # [C] global L2 norm of each client's delta
   pseudo_grad_norm: Array  # [] norm of the weighted-mean delta
+  # client-level DP: {"clip_norm": [] the round's C, "unclipped_fraction": [] the released b}
+  privacy: PyTree = None
 
 
 class FederatedAlgorithm(NamedTuple):

@@ -19,7 +19,7 @@ its own row) and, if its server does more than average, a ``server_fn``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,9 @@ import optax
 from fedjax_med import compression, types
 from fedjax_med.algorithms import aggregate, aggregators, client_store, local
 from fedjax_med.types import PyTree
+
+if TYPE_CHECKING:  # the privacy package needs the optional jax-privacy (extra "privacy")
+  from fedjax_med.privacy import dp_fedavg, dp_sgd
 
 
 class RoundPlan(NamedTuple):
@@ -49,6 +52,12 @@ class RoundPlan(NamedTuple):
       starts fresh every round, so a schedule over the run cannot live in it;
       every algorithm scales its local updates by ``lr_scale(plan, round)``.
       ``None`` = a constant learning rate.
+    record_dp: record-level DP: every local step is DP-SGD
+      (``privacy.dp_sgd``; the algorithms that support it take their local
+      options from :func:`train_options`).
+    client_dp: client-level DP: DP-FedAvg's clipping of every client's delta,
+      noise on the sum and fixed denominator replace the aggregator
+      (``privacy.dp_fedavg``); clients weigh 1 each.
   """
 
   num_clients: int = 0
@@ -58,6 +67,8 @@ class RoundPlan(NamedTuple):
   error_feedback: bool = False
   aggregator: aggregators.Aggregator = aggregators.mean()
   client_lr_scale: Callable[[types.Array], types.Array] | None = None
+  record_dp: dp_sgd.RecordDP | None = None
+  client_dp: dp_fedavg.ClientDP | None = None
 
 
 def lr_scale(plan: RoundPlan, round_: types.Array) -> types.Array | None:
@@ -67,8 +78,29 @@ def lr_scale(plan: RoundPlan, round_: types.Array) -> types.Array | None:
   return jnp.asarray(plan.client_lr_scale(round_), jnp.float32)
 
 
-def check_plan(plan: RoundPlan, algorithm: str, *, stateful: bool) -> None:
-  """Raises ``ValueError`` if ``plan`` cannot run ``algorithm``."""
+def train_options(plan: RoundPlan, loss_fn: types.LossFn | None, state: types.ServerState) -> dict:
+  """The keyword options of ``local.local_train`` that the plan sets for this round:
+  ``unroll``, ``lr_scale`` and, with record-level DP, DP-SGD's gradient (from
+  ``loss_fn``) with every step run."""
+  options = {"unroll": plan.unroll, "lr_scale": lr_scale(plan, state.round)}
+  if plan.record_dp is not None:
+    from fedjax_med.privacy import dp_sgd  # optional extra
+
+    options.update(grad_fn=dp_sgd.grad_fn(loss_fn, plan.record_dp), every_step=True)
+  return options
+
+
+def check_plan(plan: RoundPlan, algorithm: str, *, stateful: bool,
+               privacy: tuple[str, ...] = ()) -> None:
+  """Raises ``ValueError`` if ``plan`` cannot run ``algorithm``.
+
+  ``privacy``: the DP levels the algorithm supports (``"record"``, ``"client"``).
+  """
+  for level, dp in (("record", plan.record_dp), ("client", plan.client_dp)):
+    if dp is not None and level not in privacy:
+      raise ValueError(f"{algorithm} does not support {level}-level differential privacy")
+  if plan.client_dp is not None and not plan.aggregator.streaming:
+    raise ValueError(f"{algorithm}: client-level DP replaces the aggregator; use the mean")
   if stateful and plan.num_clients < 1:
     raise ValueError(
       f"{algorithm} keeps a state row per client: pass plan=RoundPlan(num_clients=N, ...)"
@@ -121,7 +153,14 @@ def init_state(
     rng=raw_key(rng),
     server=None if server is None else server(params),
     client_state=client_state,
+    privacy=None if plan.client_dp is None else _client_dp().init(plan.client_dp),
   )
+
+
+def _client_dp():
+  from fedjax_med.privacy import dp_fedavg  # optional extra
+
+  return dp_fedavg
 
 
 def zeros_init(
@@ -177,9 +216,10 @@ def federated_round(
   aggregate instead of its ``ClientBatch.weight`` (example count).
   """
   agg = plan.aggregator
+  dp = plan.client_dp
 
   def round_fn(state: types.ServerState, clients: types.ClientBatch):
-    if uniform:
+    if uniform or dp is not None:  # DP-FedAvg: every client weighs 1
       clients = clients._replace(weight=(clients.weight > 0).astype(clients.weight.dtype))
     store = state.client_state
     rows = None if store is None else client_store.gather(store, clients.client_id)
@@ -200,6 +240,7 @@ def federated_round(
       compressor=plan.compressor,
       residual=None if rows is None else rows.residual,
       stacked=not agg.streaming,
+      clip_norm=None if dp is None else state.privacy.clip_norm,
     )
     real = clients.weight > 0
     change_sum = None
@@ -210,7 +251,15 @@ def federated_round(
     if store is not None:
       new_rows = types.ClientState(res.extra, res.residual)
       store = client_store.scatter(store, clients.client_id, new_rows, real)
-    if agg.streaming:
+    privacy, privacy_metrics = state.privacy, None
+    if dp is not None:  # the clipped sum, noised, over the expected number of clients
+      dp_fedavg = _client_dp()
+      key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), dp_fedavg.NOISE_STREAM)
+      released = dp_fedavg.release(dp, state.privacy, res.delta_sum, res.update_norm, real, key)
+      mean, privacy = released.pseudo_grad, released.state
+      privacy_metrics = {"clip_norm": state.privacy.clip_norm,
+                         "unclipped_fraction": released.unclipped_fraction}
+    elif agg.streaming:
       mean = agg.aggregate(res.delta_sum, res.weight_sum)
     else:
       mean = agg.aggregate(res.deltas, clients.weight)
@@ -222,21 +271,25 @@ def federated_round(
     params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
     # A round without any real client (all padding) changes nothing but the round
     # counter: without this, a server optimizer with momentum would still move.
+    # Not under client-level DP: there an empty Poisson cohort still releases noise (an
+    # unchanged model would tell that nobody took part, which DP must not reveal).
     any_real = res.weight_sum > 0
-    params, opt_state, server = jax.tree.map(
-      lambda new, old: jnp.where(any_real, new, old),
-      (params, opt_state, server),
-      (state.params, state.opt_state, state.server),
-    )
-    new_state = types.ServerState(params, opt_state, state.round + 1, state.rng, server, store)
-    return new_state, round_metrics(res, pseudo_grad)
+    if dp is None:
+      params, opt_state, server = jax.tree.map(
+        lambda new, old: jnp.where(any_real, new, old),
+        (params, opt_state, server),
+        (state.params, state.opt_state, state.server),
+      )
+    new_state = types.ServerState(params, opt_state, state.round + 1, state.rng, server, store,
+                                  privacy)
+    return new_state, round_metrics(res, pseudo_grad)._replace(privacy=privacy_metrics)
 
   return round_fn
 
 
 def stateless(
     client_fn, server_optimizer: optax.GradientTransformation, plan: RoundPlan, name: str,
-    server_fn: ServerFn | None = None,
+    server_fn: ServerFn | None = None, *, privacy: tuple[str, ...] = ("record", "client"),
 ) -> types.FederatedAlgorithm:
   """A round around a stateless ``client_fn(state, data_c, key_c) -> LocalResult``.
 
@@ -244,9 +297,9 @@ def stateless(
   model every client starts from; pass ``lr_scale(plan, state.round)`` on to
   ``local.local_train``). FedAvg, FedProx and FedSAM differ only in their
   ``client_fn``; ``server_fn`` (as ``federated_round``'s) changes what the
-  server does with the aggregate.
+  server does with the aggregate. ``privacy``: the DP levels it supports.
   """
-  check_plan(plan, name, stateful=False)
+  check_plan(plan, name, stateful=False, privacy=privacy)
 
   def init_fn(params: types.Params, rng: types.PRNGKey) -> types.ServerState:
     return init_state(params, server_optimizer, rng, plan)

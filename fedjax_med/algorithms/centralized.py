@@ -33,7 +33,7 @@ def centralized(
       ``ServerState.opt_state`` and persists across rounds.
     server_optimizer: unused (there is no server step); accepted so that every
       builder has the same signature.
-    plan: only ``plan.unroll`` (``lax.scan`` unroll of the steps) applies;
+    plan: ``plan.unroll``, the lr schedule and ``plan.record_dp`` (DP-SGD) apply;
       nothing is sent, so a compressor is an error.
 
   Returns:
@@ -41,9 +41,10 @@ def centralized(
     ``update_norm`` [C] is the norm of the whole round's change (same for all C).
   """
   del server_optimizer
+  base.check_plan(plan, "centralized", stateful=False, privacy=("record",))
   if plan.compressor is not None or plan.error_feedback:
     raise ValueError("centralized training sends nothing: build it without a compressor")
-  optimizer, unroll = client_optimizer, plan.unroll
+  optimizer = client_optimizer
 
   def init_fn(params, rng):
     return base.init_state(params, optimizer, rng)
@@ -58,10 +59,11 @@ def centralized(
     data["mask"] = data["mask"] & real[:, None]
     keys = jax.random.split(jax.random.fold_in(state.rng, state.round), num_clients * num_steps)
 
+    options = base.train_options(plan, loss_fn, state)
+    if options.pop("every_step", False):  # DP-SGD: every step of the real "client" runs
+      options["active"] = real
     params, opt_state, losses, has_data = local.run_steps(
-        loss_fn, optimizer, state.params, state.opt_state, data, keys, unroll=unroll,
-        lr_scale=base.lr_scale(plan, state.round),
-    )
+        loss_fn, optimizer, state.params, state.opt_state, data, keys, **options)
     change = aggregate.tree_norm(jax.tree.map(jnp.subtract, state.params, params))
     metrics = types.RoundMetrics(
         client_loss=losses.reshape(num_clients, num_steps),

@@ -41,6 +41,6 @@ def fedavg(
 
   def client_fn(state, data, key):
     return local.local_train(loss_fn, client_optimizer, state.params, data, key,
-                             unroll=plan.unroll, lr_scale=base.lr_scale(plan, state.round))
+                             **base.train_options(plan, loss_fn, state))
 
   return base.stateless(client_fn, server_optimizer, plan, "fedavg")

@@ -35,7 +35,7 @@ def fedexp(
 
   def client_fn(state, data, key):
     return local.local_train(loss_fn, client_optimizer, state.params, data, key,
-                             unroll=plan.unroll, lr_scale=base.lr_scale(plan, state.round))
+                             **base.train_options(plan, loss_fn, state))
 
   def server_fn(state, agg: base.Aggregate):
     del state
@@ -45,4 +45,6 @@ def fedexp(
     eta = jnp.maximum(1.0, spread / (2.0 * (mean_sq + eps)))
     return jax.tree.map(lambda d: eta * d, agg.pseudo_grad), None
 
-  return base.stateless(client_fn, server_optimizer, plan, "fedexp", server_fn)
+  # Not client-level DP: the server step reads every client's own update norm.
+  return base.stateless(client_fn, server_optimizer, plan, "fedexp", server_fn,
+                        privacy=("record",))

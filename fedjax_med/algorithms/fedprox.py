@@ -45,9 +45,8 @@ def fedprox(
   """
 
   def client_fn(state, data, key):
-    return local.local_train(
-        proximal_loss(loss_fn, state.params, mu), client_optimizer, state.params, data, key,
-        unroll=plan.unroll, lr_scale=base.lr_scale(plan, state.round),
-    )
+    loss = proximal_loss(loss_fn, state.params, mu)  # DP-SGD clips each example's loss + term
+    return local.local_train(loss, client_optimizer, state.params, data, key,
+                             **base.train_options(plan, loss, state))
 
   return base.stateless(client_fn, server_optimizer, plan, "fedprox")

@@ -67,4 +67,6 @@ def fedsam(
                              unroll=plan.unroll, grad_fn=grad_fn,
                              lr_scale=base.lr_scale(plan, state.round))
 
-  return base.stateless(client_fn, server_optimizer, plan, "fedasam" if adaptive else "fedsam")
+  # Not record-level DP: the ascent step would use the batch's unclipped gradient.
+  return base.stateless(client_fn, server_optimizer, plan, "fedasam" if adaptive else "fedsam",
+                        privacy=("client",))

@@ -56,11 +56,12 @@ def run_steps(
   unroll: int | bool = 1,
   grad_fn: GradFn | None = None,
   lr_scale: types.Array | float | None = None,
+  active: types.Array | None = None,
 ):
   """``lax.scan`` of optimizer steps over the leading axis of ``data``.
 
   A step whose mask is all False leaves params and optimizer state unchanged
-  (the padding trick of fedjax's ``'__mask__'``).
+  (the padding trick of fedjax's ``'__mask__'``), unless ``active`` says it runs.
 
   Args:
     grad_fn: replaces ``jax.value_and_grad(loss_fn, has_aux=True)`` (then
@@ -69,27 +70,32 @@ def run_steps(
       the learning rate times ``lr_scale`` for SGD, momentum and AdamW alike,
       without changing the optimizer state. ``RoundPlan.client_lr_scale`` gives
       it per round (a schedule over the whole run). ``None`` = 1.
+    active: [S] bool, the steps that run; ``None`` = the steps with a real
+      example. DP-SGD runs every step of a real client: a Poisson batch may be
+      empty, and its step (noise only) is one the accountant counts.
 
   Returns:
-    ``(params, opt_state, losses [S], has_data [S] bool)``.
+    ``(params, opt_state, losses [S], ran [S] bool)``.
   """
   if grad_fn is None:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
+  if active is None:
+    active = jnp.any(data["mask"].reshape(data["mask"].shape[0], -1), axis=1)
+
   def step(carry, xs):
     p, o = carry
-    batch, key = xs
+    batch, key, has_data = xs
     (loss, aux), grads = grad_fn(p, batch, key)
     updates, new_o = optimizer.update(grads, o, p)
     if lr_scale is not None:
       updates = jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
     new_p = apply_variable_updates(optax.apply_updates(p, updates), aux)
-    has_data = jnp.any(batch["mask"])
     carry = jax.tree.map(lambda n, old: jnp.where(has_data, n, old), (new_p, new_o), (p, o))
     return carry, (jnp.where(has_data, loss, 0.0), has_data)
 
   (params, opt_state), (losses, has_data) = jax.lax.scan(
-    step, (params, opt_state), (data, keys), unroll=unroll
+    step, (params, opt_state), (data, keys, active), unroll=unroll
   )
   return params, opt_state, losses, has_data
 
@@ -109,12 +115,16 @@ def local_train(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
     rng: this client's key; step ``s`` gets ``split(rng, S)[s]``.
     **scan_options: ``unroll`` (``lax.scan`` unroll factor, ``True`` = fully
       unrolled), ``grad_fn`` (gradient override) and ``lr_scale`` (this round's
-      learning-rate multiplier), as ``run_steps``.
+      learning-rate multiplier), as ``run_steps``; ``every_step=True`` runs all
+      S steps, also those without a real example (DP-SGD).
 
   Returns:
     A :class:`LocalResult`.
   """
-  keys = jax.random.split(rng, data["mask"].shape[0])
+  num_steps = data["mask"].shape[0]
+  keys = jax.random.split(rng, num_steps)
+  if scan_options.pop("every_step", False):
+    scan_options["active"] = jnp.ones((num_steps,), bool)
   params, _, losses, has_data = run_steps(
     loss_fn, optimizer, params, optimizer.init(params), data, keys, **scan_options
   )
@@ -154,6 +164,7 @@ def map_clients(
   compressor: compression.Compressor | None = None,
   residual: types.PyTree | None = None,
   stacked: bool = False,
+  clip_norm: types.Array | None = None,
 ) -> ClientsResult:
   """Runs ``client_fn`` on every client and sums (or stacks) their deltas.
 
@@ -178,6 +189,8 @@ def map_clients(
       ``compressor``); the new one is returned in ``ClientsResult.residual``.
     stacked: return every client's delta ([C, ...] in ``deltas``) instead of
       the weighted sum (memory grows with C: for stacked aggregators).
+    clip_norm: client-level DP: every (decoded) delta is clipped to this L2
+      norm before it is summed; ``update_norm`` stays the norm before clipping.
 
   Returns:
     A :class:`ClientsResult`; per-client arrays keep the original C.
@@ -195,6 +208,10 @@ def map_clients(
       delta, new_r = jax.vmap(compress)(delta, ckeys, r)
     # Padding clients (weight 0) report a zero update norm.
     per_client = (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra, new_r)
+    if clip_norm is not None:
+      from fedjax_med.privacy import dp_fedavg  # optional extra
+
+      delta = dp_fedavg.clip_deltas(delta, clip_norm)
     if stacked:
       return None, per_client + (delta,)
     return aggregate.weighted_sum(delta, w), per_client + (None,)

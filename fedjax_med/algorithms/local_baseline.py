@@ -32,7 +32,7 @@ def local_baseline(
   ``server_optimizer`` is unused (the average is taken as is); a compressor is an error.
   """
   del server_optimizer
-  base.check_plan(plan, "local", stateful=True)
+  base.check_plan(plan, "local", stateful=True, privacy=("record",))
   if plan.compressor is not None:
     raise ValueError("local training sends nothing: build it without a compressor")
   average = optax.sgd(1.0)  # server params <- the weighted mean of this round's local models
@@ -42,8 +42,8 @@ def local_baseline(
 
   def client_fn(state, data, own, key):
     # nothing comes from the server but the round (the learning-rate schedule)
-    res = local.local_train(loss_fn, client_optimizer, own, data, key, unroll=plan.unroll,
-                            lr_scale=base.lr_scale(plan, state.round))
+    res = local.local_train(loss_fn, client_optimizer, own, data, key,
+                            **base.train_options(plan, loss_fn, state))
     return res, res.params
 
   def client_params(state: types.ServerState, client: int) -> types.Params:

@@ -88,6 +88,9 @@ class Entry:
       (compressed) delta (SCAFFOLD: its control-variate change), counted in bytes.
     takes_client_lr: the builder needs the client learning rate (SCAFFOLD's option II).
     plain_sgd: the method assumes plain local SGD (no momentum or weight decay).
+    privacy: the differential-privacy levels it supports (``privacy.level``):
+      ``"record"`` (DP-SGD in every client: its local step is a gradient of the
+      loss) and ``"client"`` (DP-FedAvg: the server only sums clipped deltas).
   """
 
   builder: Callable[..., types.FederatedAlgorithm]
@@ -102,30 +105,36 @@ class Entry:
   extra_uploads: int = 0
   takes_client_lr: bool = False
   plain_sgd: bool = False
+  privacy: tuple[str, ...] = ()
 
 
 _SAM_RHO = "SAM radius rho"
+_DP = ("record", "client")
 ENTRIES: Mapping[str, Entry] = MappingProxyType({
-    "fedavg": Entry(fedavg, "FedAvg (McMahan et al. 2017); any server optimizer via fl.server_opt"),
+    "fedavg": Entry(fedavg, "FedAvg (McMahan et al. 2017); any server optimizer via fl.server_opt",
+                    privacy=_DP),
     "fedavgm": Entry(fedavg, "FedAvg with server momentum (Hsu et al. 2019)",
-                     server=ServerDefaults("sgd", 1.0, 0.9), server_opt_fixed=True),
+                     server=ServerDefaults("sgd", 1.0, 0.9), server_opt_fixed=True,
+                     privacy=_DP),
     "fedadam": Entry(fedavg, "FedAdam (Reddi et al. 2021)", server=ServerDefaults("adam", 0.01),
-                     server_opt_fixed=True),
+                     server_opt_fixed=True, privacy=_DP),
     "fedyogi": Entry(fedavg, "FedYogi (Reddi et al. 2021)", server=ServerDefaults("yogi", 0.01),
-                     server_opt_fixed=True),
+                     server_opt_fixed=True, privacy=_DP),
     "fedadagrad": Entry(fedavg, "FedAdagrad (Reddi et al. 2021)",
-                        server=ServerDefaults("adagrad", 0.05), server_opt_fixed=True),
+                        server=ServerDefaults("adagrad", 0.05), server_opt_fixed=True,
+                        privacy=_DP),
     "fedprox": Entry(fedprox, "FedProx: proximal term (mu/2) squared distance to the server model (Li et al. 2020)",
-                     hparams=_params(mu=HParam(0.01, "proximal strength"))),
+                     hparams=_params(mu=HParam(0.01, "proximal strength")), privacy=_DP),
     "fedsam": Entry(fedsam, "FedSAM: sharpness-aware local steps (Qu et al. 2022)",
-                    hparams=_params(rho=HParam(0.05, _SAM_RHO))),
+                    hparams=_params(rho=HParam(0.05, _SAM_RHO)), privacy=("client",)),
     "fedasam": Entry(fedsam, "FedASAM: adaptive SAM local steps (Caldarola et al. 2022)",
                      hparams=_params(rho=HParam(0.5, _SAM_RHO),
                                      eta=HParam(0.01, "ASAM offset: T = |w| + eta")),
-                     fixed=MappingProxyType({"adaptive": True})),
+                     fixed=MappingProxyType({"adaptive": True}), privacy=("client",)),
     "fedexp": Entry(fedexp, "FedExP: server step extrapolated from client disagreement "
                     "(Jhunjhunwala et al. 2023)",
-                    hparams=_params(eps=HParam(1e-3, "step-size damping", strict=True))),
+                    hparams=_params(eps=HParam(1e-3, "step-size damping", strict=True)),
+                    privacy=("record",)),
     "scaffold": Entry(scaffold, "SCAFFOLD, option II control variates (Karimireddy et al. 2020)",
                       stateful=True, takes_client_lr=True, plain_sgd=True, extra_uploads=1),
     "feddyn": Entry(feddyn, "FedDyn: dynamic regularization (Acar et al. 2021)",
@@ -133,9 +142,9 @@ ENTRIES: Mapping[str, Entry] = MappingProxyType({
                     stateful=True),
     "fedbn": Entry(fedbn, "FedBN: BatchNorm layers stay local (Li et al. 2021)", stateful=True),
     "local": Entry(local_baseline, "every site trains alone on its own data: the baseline",
-                   stateful=True, communicates=False),
+                   stateful=True, communicates=False, privacy=("record",)),
     "centralized": Entry(centralized, "pooled training on one model: the baseline",
-                         federated=False, communicates=False),
+                         federated=False, communicates=False, privacy=("record",)),
 })
 
 

@@ -1,0 +1,1 @@
+"""Differential privacy: record-level DP-SGD and client-level DP-FedAvg (see README "Privacy")."""
