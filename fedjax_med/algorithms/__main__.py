@@ -7,9 +7,9 @@ from fedjax_med.algorithms import registry
 
 
 def table() -> str:
-  """One row per registered name: summary, hyper-parameters and server defaults."""
-  rows = ["| name | what | hyper-parameters (default) | server optimizer (default) |",
-          "|---|---|---|---|"]
+  """One row per registered name: summary, hyper-parameters, server defaults, DP levels."""
+  rows = ["| name | what | hyper-parameters (default) | server optimizer (default) | DP levels |",
+          "|---|---|---|---|---|"]
   for name, e in registry.ENTRIES.items():
     hp = ", ".join(f"`algorithm.{name}.{k}` ({h.default:g})" for k, h in e.hparams.items())
     if e.takes_client_lr:
@@ -20,7 +20,8 @@ def table() -> str:
     if not e.communicates:
       server = "none (one model)" if not e.federated else "none (a model per site)"
     state = "; per-client state" if e.stateful else ""
-    rows.append(f"| `{name}` | {e.summary}{state} | {hp or '—'} | {server} |")
+    dp = ", ".join(e.privacy) or "—"
+    rows.append(f"| `{name}` | {e.summary}{state} | {hp or '—'} | {server} | {dp} |")
   return "\n".join(rows)
 
 
