@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_med import types
+from fedjax_med.algorithms import aggregate
 from fedjax_med.privacy import mechanisms
 
 
@@ -60,18 +61,22 @@ def grad_fn(loss_fn: types.LossFn, dp: RecordDP):
   def one_example(params, example, key):
     batch = jax.tree.map(lambda x: x[None], example)
     (loss, _), grads = value_and_grad(params, batch, key)
-    clipped, norm = mechanisms.clip(grads, dp.clip_norm)
-    return loss, clipped, norm
+    return loss, grads
 
   def privatized(params, batch, rng):
     mask = batch["mask"]
     noise_key, example_rng = jax.random.split(rng)
     keys = jax.random.split(example_rng, mask.shape[0])
-    losses, clipped, norms = jax.vmap(one_example, in_axes=(None, 0, 0))(params, batch, keys)
+    losses, grads = jax.vmap(one_example, in_axes=(None, 0, 0))(params, batch, keys)
+    # Clip and sum as one contraction over the examples: sum_i f_i g_i with
+    # f_i = mask_i * min(1, C / ||g_i||) (jax_privacy's clip_pytree, NaN-safe). Scaling
+    # every g_i and then reducing over the example axis is ~15x slower on XLA:CPU
+    # (bench/privacy_speed.py); the example axis is never sharded, so tensordot is safe.
+    grads = jax.tree.map(lambda g: jnp.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0), grads)
+    norms = aggregate.stacked_norm(grads)
     real = mask.astype(jnp.float32)
-    total = jax.tree.map(
-        lambda g: jnp.sum(g * real.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype), axis=0),
-        clipped)
+    factor = real * jnp.minimum(1.0, dp.clip_norm / jnp.maximum(norms, 1e-30))
+    total = jax.tree.map(lambda g: jnp.tensordot(factor.astype(g.dtype), g, axes=1), grads)
     noise = mechanisms.gaussian_noise(
         noise_key, total, mechanisms.noise_std(dp.noise_multiplier, dp.clip_norm))
     grads = jax.tree.map(lambda g, z: (g + z) / dp.batch_size, total, noise)
