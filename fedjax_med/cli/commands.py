@@ -28,6 +28,8 @@ ENTRY_POINTS = (
     EntryPoint("fedjax-med-sharpness", "fedjax_med.cli.sharpness", "analysis/sharpness.py"),
     EntryPoint("fedjax-med-landscape", "fedjax_med.cli.landscape", "analysis/landscape.py"),
     EntryPoint("fedjax-med-plot", "fedjax_med.cli.plot", "analysis/plot_run.py"),
+    EntryPoint("fedjax-med-privacy-audit", "fedjax_med.cli.privacy_audit",
+               "analysis/privacy_audit.py"),
 )
 
 
