@@ -150,6 +150,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.privacy.target_quantile = config_dict.placeholder(float)
   c.privacy.clip_lr = 0.2
   c.privacy.count_noise = config_dict.placeholder(float)
+  # client: gaussian (independent noise every round) | banded_mf (BandMF correlated noise with
+  # privacy.bands bands and cyclic Poisson sampling of the clients; needs bands *
+  # clients_per_round <= num_clients)
+  c.privacy.mechanism = "gaussian"
+  c.privacy.bands = 4
   c.privacy.accountant = "rdp"  # rdp | pld (dp-accounting)
   # Stop (exit 0, recorded in summary.json) before the round that would exceed this epsilon.
   c.privacy.max_epsilon = config_dict.placeholder(float)

@@ -50,6 +50,7 @@ _BATCH_STREAM = 1
 # so 0 would reproduce sample_clients' stream.
 _CLIENT_POISSON_STREAM = 2
 _RECORD_POISSON_STREAM = 3
+_CYCLIC_GROUP_STREAM = 4  # cyclic_groups' shuffle (not per round)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -386,6 +387,31 @@ def sample_clients_poisson(num_clients: int, rate: float, seed: int, round_idx: 
     return np.arange(num_clients, dtype=np.int32)
   rng = np.random.default_rng([seed, round_idx, _CLIENT_POISSON_STREAM])
   return np.flatnonzero(rng.random(num_clients) < rate).astype(np.int32)
+
+
+def cyclic_groups(num_clients: int, bands: int, seed: int) -> np.ndarray:
+  """[N] the group in ``0..bands-1`` of every client for cyclic Poisson sampling: a seeded
+  shuffle dealt round-robin, so group sizes differ by at most one."""
+  num_clients = partition_base.check_int("num_clients", num_clients, minimum=1)
+  bands = partition_base.check_int("bands", bands, minimum=1)
+  seed = partition_base.check_seed(seed)
+  # [seed, 0, stream]: a 2-element [seed, r] would be sample_clients' stream of round r
+  order = np.random.default_rng([seed, 0, _CYCLIC_GROUP_STREAM]).permutation(num_clients)
+  groups = np.empty(num_clients, np.int32)
+  groups[order] = np.arange(num_clients) % bands
+  return groups
+
+
+def sample_clients_cyclic_poisson(num_clients: int, rate: float, bands: int, seed: int,
+                                  round_idx: int) -> np.ndarray:
+  """Cyclic Poisson sampling (BandMF, Choquette-Choo et al. 2023): only the clients of group
+  ``round_idx % bands`` (:func:`cyclic_groups`) are eligible in round ``round_idx``, each
+  taking part with probability ``rate``, so any client's participations are at least
+  ``bands`` rounds apart. The draws are those of :func:`sample_clients_poisson` (one uniform
+  per client), restricted to the group; ``bands=1`` is plain Poisson sampling."""
+  groups = cyclic_groups(num_clients, bands, seed)
+  drawn = sample_clients_poisson(num_clients, rate, seed, round_idx)
+  return drawn[groups[drawn] == round_idx % bands].astype(np.int32)
 
 
 def record_sampling_probs(sizes: np.ndarray, batch_size: int) -> np.ndarray:

@@ -247,6 +247,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 PRIVACY_LEVELS = ("none", "record", "client")
 ACCOUNTANTS = ("rdp", "pld")
+MECHANISMS = ("gaussian", "banded_mf")
 
 
 def _validate_privacy(config: ml_collections.ConfigDict, entry) -> None:
@@ -289,6 +290,20 @@ def _validate_privacy(config: ml_collections.ConfigDict, entry) -> None:
   if p.count_noise is not None:
     _check(math.isfinite(p.count_noise) and p.count_noise > 0, "privacy.count_noise",
            p.count_noise, "must be a finite number > 0 (unset = expected clients / 20)")
+  _check(p.mechanism in MECHANISMS, "privacy.mechanism", p.mechanism,
+         f"choose one of {MECHANISMS}")
+  if p.mechanism == "banded_mf":
+    _check(p.level == "client", "privacy.mechanism", p.mechanism,
+           "correlated noise (banded_mf) is for client-level DP; use gaussian with record level")
+    _check(p.target_quantile is None, "privacy.target_quantile", p.target_quantile,
+           "adaptive clipping is not supported with banded_mf; leave it unset")
+    fl = config.fl
+    _check(isinstance(p.bands, int) and 1 <= p.bands <= fl.rounds, "privacy.bands", p.bands,
+           f"must be an integer in [1, fl.rounds={fl.rounds}]")
+    _check(p.bands * fl.clients_per_round <= fl.num_clients, "privacy.bands", p.bands,
+           f"cyclic sampling puts 1/bands of the {fl.num_clients} clients in each round's group, "
+           f"which must hold the {fl.clients_per_round} expected clients: bands <= "
+           f"{fl.num_clients // fl.clients_per_round}")
   if p.level == "record":
     _check(config.fl.local_epochs == 0, "fl.local_epochs", config.fl.local_epochs,
            "record-level DP runs every one of fl.local_steps (Poisson batches): set it to 0")

@@ -81,8 +81,8 @@ class Experiment(NamedTuple):
     c, fl, dp = self.config, self.config.fl, self.privacy
     num_clients = self.partition.num_clients
     if dp is not None and dp.level == "client":
-      client_ids = batching.sample_clients_poisson(num_clients, dp.sampling_prob, c.seed,
-                                                   round_idx)
+      client_ids = batching.sample_clients_cyclic_poisson(num_clients, dp.sampling_prob, dp.bands,
+                                                          c.seed, round_idx)
     else:
       client_ids = batching.sample_clients(num_clients, fl.clients_per_round, c.seed, round_idx)
     if dp is not None and dp.level == "record":

@@ -153,7 +153,7 @@ def init_state(
     rng=raw_key(rng),
     server=None if server is None else server(params),
     client_state=client_state,
-    privacy=None if plan.client_dp is None else _client_dp().init(plan.client_dp),
+    privacy=None if plan.client_dp is None else _client_dp().init(plan.client_dp, params),
   )
 
 

@@ -17,6 +17,23 @@ update norms. The two releases share the privacy budget: with total noise
 multiplier ``z`` (what the accountant sees), the deltas get
 ``z_delta = (z^-2 - (2 count_noise)^-2)^(-1/2)`` (Andrew et al., Theorem 1).
 
+Correlated noise (``strategy`` set): banded matrix factorization (BandMF,
+Choquette-Choo et al. 2023, "(Amplified) Banded Matrix Factorization"), the
+noise of production cross-device training. Round t adds ``y_t`` with ``y =
+C^-1 z``, ``z`` the independent Gaussian draws and ``C`` the lower-triangular
+banded Toeplitz strategy of ``b = len(strategy)`` bands with unit-norm
+coefficients (``jax_privacy.matrix_factorization.toeplitz.
+optimize_banded_toeplitz``), so that consecutive noises partly cancel in the
+model (a sum of updates) while each client's contribution still has
+sensitivity 1. ``y_t = (z_t - sum_{j=1}^{b-1} c_j y_{t-j}) / c_0``: the state
+keeps the last ``b - 1`` noises. The analysis needs every client's
+participations at least ``b`` rounds apart: clients are split into ``b`` fixed
+groups and group ``t mod b`` is Poisson-sampled in round t
+(``batching.sample_clients_cyclic_poisson``); the accountant then composes
+``ceil(T / b)`` sampled Gaussians at rate ``b q`` (the reduction of the paper,
+as ``jax_privacy.accounting.DpsgdTrainingAccountant`` with ``cycle_length=b``).
+``b = 1`` is the independent Gaussian mechanism.
+
 This protects a whole site's contribution (every record of it at once), the
 cross-device notion; the noise is added by the server (central DP), so the
 clients trust the server with their clipped updates.
@@ -50,6 +67,8 @@ class ClientDP(NamedTuple):
     clip_lr: adaptive clipping's geometric step size (Andrew et al.: 0.2).
     count_noise: std of the noise on the count of unclipped clients; ``None`` =
       ``expected_clients / 20`` (Andrew et al.). Must exceed ``z / 2``.
+    strategy: BandMF's Toeplitz coefficients ``c_0..c_{b-1}`` (unit L2 norm);
+      ``None`` = independent noise. Not with adaptive clipping.
   """
 
   noise_multiplier: float
@@ -58,6 +77,7 @@ class ClientDP(NamedTuple):
   target_quantile: float | None = None
   clip_lr: float = 0.2
   count_noise: float | None = None
+  strategy: tuple[float, ...] | None = None
 
   @property
   def adaptive(self) -> bool:
@@ -90,10 +110,32 @@ class ClientDPState(NamedTuple):
   """The server's privacy state (in ``ServerState.privacy``; checkpointed)."""
 
   clip_norm: types.Array  # [] float32: this round's clip norm C
+  # BandMF: the last b - 1 noises y_{t-1}, ..., y_{t-b+1} (unit scale), stacked [b - 1, ...];
+  # None for independent noise
+  history: types.PyTree = None
 
 
-def init(dp: ClientDP) -> ClientDPState:
-  return ClientDPState(jnp.asarray(dp.clip_norm, jnp.float32))
+def init(dp: ClientDP, params: types.Params | None = None) -> ClientDPState:
+  """The state at round 0 (``params``: the shapes of BandMF's noise history)."""
+  history = None
+  if dp.strategy is not None and len(dp.strategy) > 1:
+    if params is None:
+      raise ValueError("BandMF keeps a noise history shaped like the model: pass params")
+    history = jax.tree.map(
+        lambda p: jnp.zeros((len(dp.strategy) - 1,) + jnp.shape(p), jnp.float32), params)
+  return ClientDPState(jnp.asarray(dp.clip_norm, jnp.float32), history)
+
+
+def correlated(dp: ClientDP, z: types.PyTree, history: types.PyTree):
+  """BandMF's noise of this round from the fresh draw ``z``: ``(y_t, new history)``."""
+  c = dp.strategy
+  if history is None:  # one band: y = z / c_0
+    return jax.tree.map(lambda x: x / c[0], z), None
+
+  y = jax.tree.map(lambda zl, hl: (zl - sum(c[j] * hl[j - 1] for j in range(1, len(c)))) / c[0],
+                   z, history)
+  new = jax.tree.map(lambda yl, hl: jnp.concatenate([yl[None], hl[:-1]]), y, history)
+  return y, new
 
 
 class Released(NamedTuple):
@@ -118,8 +160,14 @@ def release(dp: ClientDP, state: ClientDPState, clipped_sum: types.PyTree, norms
   """
   delta_key, count_key = jax.random.split(key)
   c = state.clip_norm
-  noise = mechanisms.gaussian_noise(delta_key, clipped_sum,
-                                    mechanisms.noise_std(dp.delta_noise_multiplier(), c))
+  history = state.history
+  if dp.strategy is None:
+    noise = mechanisms.gaussian_noise(delta_key, clipped_sum,
+                                      mechanisms.noise_std(dp.delta_noise_multiplier(), c))
+  else:
+    y, history = correlated(dp, mechanisms.gaussian_noise(delta_key, clipped_sum, 1.0), history)
+    std = mechanisms.noise_std(dp.noise_multiplier, c)
+    noise = jax.tree.map(lambda v: v * jnp.asarray(std, v.dtype), y)
   m = dp.expected_clients
   pseudo_grad = jax.tree.map(lambda s, z: (s + z) / m, clipped_sum, noise)
   unclipped = jnp.sum(((norms <= c) & real).astype(jnp.float32))
@@ -128,7 +176,7 @@ def release(dp: ClientDP, state: ClientDPState, clipped_sum: types.PyTree, norms
     c = c * jnp.exp(-dp.clip_lr * (b - dp.target_quantile))
   else:
     b = unclipped / jnp.maximum(jnp.sum(real.astype(jnp.float32)), 1.0)
-  return Released(pseudo_grad, ClientDPState(c.astype(jnp.float32)), b)
+  return Released(pseudo_grad, ClientDPState(c.astype(jnp.float32), history), b)
 
 
 def clip_deltas(deltas: types.PyTree, clip_norm) -> types.PyTree:

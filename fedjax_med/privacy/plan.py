@@ -17,7 +17,8 @@ each with sampling rate ``q_c = min(1, B / n_c)``; the run reports the largest
 epsilon over clients (the smallest client spends the most). Clients not sampled
 in a round spend nothing; no amplification from client sampling is claimed.
 Client level: one release per round, sampling rate ``q = clients_per_round /
-num_clients``.
+num_clients``; with BandMF of b bands (``privacy.mechanism=banded_mf``), ``ceil(r / b)``
+releases at rate ``b q`` after r rounds (cyclic Poisson sampling, ``dp_fedavg``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class PrivacyPlan(NamedTuple):
   """What ``config.privacy`` resolves to for one run."""
 
   level: str  # "record" | "client"
+  bands: int  # BandMF bands (client level; 1 = independent Gaussian noise)
   noise_multiplier: float  # sigma (given or calibrated)
   calibrated: bool  # sigma was calibrated from privacy.epsilon
   delta: float
@@ -65,6 +67,7 @@ class PrivacyPlan(NamedTuple):
         "calibrated_from_epsilon": self.calibrated, "delta": self.delta,
         "accountant": self.accountant, "sampling_prob": self.sampling_prob,
         "clip_norm": self.mechanism.clip_norm, "final_clip_norm": final_clip,
+        "bands": self.bands,
         "noised_steps": int(self.noised_steps[rounds_done]),
         "epsilon": float(self.epsilon[rounds_done]),
         "stopped_by_max_epsilon": self.last_round < len(self.epsilon) - 1,
@@ -100,9 +103,11 @@ def make(config: ml_collections.ConfigDict, partition: partition_base.Partition,
     steps = _record_steps(config, partition.num_clients, local_steps)  # [rounds + 1, N]
     worst = (float(q.max()), rounds * local_steps)
   else:
-    q = np.array([fl.clients_per_round / fl.num_clients])
-    steps = np.arange(rounds + 1)[:, None]  # one release per round
-    worst = (float(q[0]), rounds)
+    bands = p.bands if p.mechanism == "banded_mf" else 1
+    q = np.array([min(1.0, bands * fl.clients_per_round / fl.num_clients)])
+    # one release per round; a client's group is eligible every bands-th round
+    steps = -(-np.arange(rounds + 1)[:, None] // bands)
+    worst = (float(q[0]), int(steps[-1, 0]))
   sigma, calibrated = p.noise_multiplier, p.epsilon is not None
   if calibrated:
     try:
@@ -114,21 +119,29 @@ def make(config: ml_collections.ConfigDict, partition: partition_base.Partition,
              "%s (q=%.4g)", sigma, p.epsilon, p.delta, worst[1],
              "steps" if p.level == "record" else "rounds", worst[0])
   epsilon = _epsilon_by_round(sigma, q, steps, p.delta, p.accountant)
+  bands = 1
   if p.level == "record":
     mechanism = dp_sgd.RecordDP(float(p.clip_norm), float(sigma), int(fl.batch_size))
     capacity = max(batching.poisson_capacity(min(fl.batch_size, n), n,
                                              _tail(rounds * local_steps * len(sizes)))
                    for n in np.unique(sizes[sizes > 0]))
   else:
+    strategy = None
+    if p.mechanism == "banded_mf":
+      bands = p.bands
+      strategy = _strategy(rounds, bands)
+      log.info("privacy: BandMF strategy of %d bands for %d rounds: %s", bands, rounds,
+               np.round(strategy, 4).tolist())
     mechanism = dp_fedavg.ClientDP(
         float(sigma), float(fl.clients_per_round), float(p.clip_norm), p.target_quantile,
-        float(p.clip_lr), p.count_noise)
+        float(p.clip_lr), p.count_noise, strategy)
     try:
       mechanism.delta_noise_multiplier()
     except ValueError as e:
       raise errors.ConfigError(f"invalid --config.privacy.count_noise={p.count_noise!r}: {e}"
                                ) from None
-    capacity = batching.poisson_capacity(fl.clients_per_round, fl.num_clients, _tail(rounds))
+    group = -(-fl.num_clients // bands)  # the largest cyclic group
+    capacity = batching.poisson_capacity(float(q[0]) * group, group, _tail(rounds))
   last = rounds
   if p.max_epsilon is not None:
     under = np.nonzero(epsilon <= p.max_epsilon * (1 + 1e-9))[0]
@@ -140,8 +153,18 @@ def make(config: ml_collections.ConfigDict, partition: partition_base.Partition,
     if last < rounds:
       log.info("privacy: epsilon would pass max_epsilon %g in round %d; the run stops after "
                "round %d (epsilon %.4g)", p.max_epsilon, last + 1, last, epsilon[last])
-  return PrivacyPlan(p.level, float(sigma), calibrated, float(p.delta), p.accountant, mechanism,
+  return PrivacyPlan(p.level, bands, float(sigma), calibrated, float(p.delta), p.accountant, mechanism,
                      float(q.max()), int(capacity), epsilon, steps.max(axis=1), last)
+
+
+def _strategy(rounds: int, bands: int) -> tuple[float, ...]:
+  """BandMF's Toeplitz coefficients (unit L2 norm) minimizing the mean squared error of the
+  prefix sums over ``rounds`` (jax_privacy); one band is the identity."""
+  if bands == 1:
+    return (1.0,)
+  from jax_privacy.matrix_factorization import toeplitz
+
+  return tuple(float(c) for c in np.asarray(toeplitz.optimize_banded_toeplitz(rounds, bands)))
 
 
 def _tail(samples: int) -> float:

@@ -269,3 +269,44 @@ def test_centralized_dp_sgd_runs_every_step_of_the_real_client():
   new, metrics = jax.jit(alg.round)(state, padded)
   np.testing.assert_array_equal(metrics.client_steps, [S, 0])  # the padding client: none
   assert _norm(jax.tree.map(jnp.subtract, new.params, state.params)) > 0
+
+
+# Correlated noise (BandMF)
+
+
+def test_bandmf_noise_is_the_inverse_strategy_applied_to_the_draws():
+  """Zero updates for T rounds: the released noise sequence is sigma C / m * C_T^-1 Z, with C_T
+  the T x T lower-triangular banded Toeplitz matrix of the strategy (numpy solve)."""
+  coef = (0.7, 0.5, 0.3, 0.2)
+  coef = tuple(np.asarray(coef) / np.linalg.norm(coef))
+  dp = dp_fedavg.ClientDP(1.3, 2.0, 0.5, strategy=coef)
+  like = {"w": jnp.zeros((3, 2)), "b": jnp.zeros((2,))}
+  state = dp_fedavg.init(dp, like)
+  release = jax.jit(lambda st, key: dp_fedavg.release(dp, st, like, jnp.zeros(1), jnp.zeros(1, bool),
+                                                      key))
+  rounds, noises, draws = 7, [], []
+  for t in range(rounds):
+    key = jax.random.PRNGKey(t)
+    out = release(state, key)
+    state = out.state
+    noises.append(np.concatenate([np.ravel(out.pseudo_grad["b"]), np.ravel(out.pseudo_grad["w"])]))
+    z = mechanisms.gaussian_noise(jax.random.split(key)[0], like, 1.0)
+    draws.append(np.concatenate([np.ravel(z["b"]), np.ravel(z["w"])]))
+  toeplitz = np.zeros((rounds, rounds))
+  for i in range(rounds):
+    for j, c in enumerate(coef):
+      if i + j < rounds:
+        toeplitz[i + j, i] = c
+  expected = np.linalg.solve(toeplitz, np.stack(draws)) * 1.3 * 0.5 / 2.0
+  np.testing.assert_allclose(np.stack(noises), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_one_band_is_the_gaussian_mechanism():
+  like = {"w": jnp.zeros((4, 3))}
+  total = {"w": jnp.ones((4, 3))}
+  gaussian = dp_fedavg.ClientDP(0.9, 3.0, 1.0)
+  banded = gaussian._replace(strategy=(1.0,))
+  args = (total, jnp.ones(2), jnp.ones(2, bool), jax.random.PRNGKey(4))
+  a = dp_fedavg.release(gaussian, dp_fedavg.init(gaussian, like), *args)
+  b = dp_fedavg.release(banded, dp_fedavg.init(banded, like), *args)
+  chex.assert_trees_all_close(a.pseudo_grad, b.pseudo_grad, rtol=1e-6)

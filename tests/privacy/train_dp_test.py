@@ -167,8 +167,69 @@ def test_dp_round_compiles_once(level):
     ({"privacy.level": "record", "privacy.noise_multiplier": 1.0, "privacy.max_epsilon": 0.01},
      "privacy.max_epsilon"),
     ({"privacy.level": "secret"}, "privacy.level"),
+    ({"privacy.level": "record", "privacy.noise_multiplier": 1.0,
+      "privacy.mechanism": "banded_mf"}, "privacy.mechanism"),
+    ({"privacy.level": "client", "privacy.noise_multiplier": 1.0, "privacy.delta": 1e-3,
+      "privacy.mechanism": "banded_mf", "privacy.bands": 3}, "privacy.bands"),  # 3 x 4 > 6
+    ({"privacy.level": "client", "privacy.noise_multiplier": 1.0, "privacy.delta": 1e-3,
+      "privacy.mechanism": "banded_mf", "privacy.bands": 2, "fl.clients_per_round": 2,
+      "privacy.target_quantile": 0.5}, "privacy.target_quantile"),
+    ({"privacy.level": "client", "privacy.noise_multiplier": 1.0, "privacy.delta": 1e-3,
+      "privacy.mechanism": "fancy"}, "privacy.mechanism"),
 ])
 def test_contradicting_privacy_settings_are_config_errors(data_root, tmp_path, overrides, named):
   with pytest.raises(errors.ConfigError, match=named.replace(".", r"\.")):
     train.train_and_evaluate(small_config(data_root, **overrides), str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")  # nothing written
+
+
+def test_bandmf_run_accounts_cycles_samples_cyclically_and_resumes(data_root, tmp_path,
+                                                                   monkeypatch):
+  from fedjax_med import batching
+
+  config = small_config(data_root, **{
+      "privacy.level": "client", "privacy.noise_multiplier": 0.8, "privacy.delta": 1e-3,
+      "privacy.mechanism": "banded_mf", "privacy.bands": 3, "fl.clients_per_round": 2,
+      "fl.rounds": 5})
+  exp = experiment.build(config)
+  assert exp.privacy.bands == 3 and len(exp.plan.client_dp.strategy) == 3
+  assert np.linalg.norm(exp.plan.client_dp.strategy) == pytest.approx(1.0, rel=1e-5)
+  # q = bands * clients_per_round / num_clients = 1: ceil(r / 3) unamplified releases
+  for r in range(1, 6):
+    assert exp.privacy.epsilon[r] == pytest.approx(
+        independent_epsilon(0.8, 1.0, -(-r // 3), 1e-3), rel=1e-9)
+  seen = {}
+  for r in range(30):  # every client's participations are >= bands rounds apart
+    for c in batching.sample_clients_cyclic_poisson(6, 1.0, 3, config.seed, r):
+      assert c not in seen or r - seen[c] >= 3
+      seen[c] = r
+  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+  assert full.privacy.history is not None
+  real_batch = experiment.Experiment.make_batch
+
+  def dying_batch(self, round_idx, **kw):
+    if round_idx == 3:
+      raise Killed()
+    return real_batch(self, round_idx, **kw)
+
+  monkeypatch.setattr(experiment.Experiment, "make_batch", dying_batch)
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(experiment.Experiment, "make_batch", real_batch)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
+
+
+def test_cyclic_poisson_frequency_within_the_eligible_rounds():
+  from fedjax_med import batching
+
+  groups = batching.cyclic_groups(40, 4, 0)
+  assert sorted(np.bincount(groups).tolist()) == [10, 10, 10, 10]
+  counts = np.zeros(40)
+  rounds = 400
+  for r in range(rounds):
+    ids = batching.sample_clients_cyclic_poisson(40, 0.3, 4, 0, r)
+    assert np.all(groups[ids] == r % 4)
+    counts[ids] += 1
+  # each client is eligible in 100 rounds, included with 0.3: 30 +- 5 sd (4.6)
+  assert np.all(np.abs(counts - 30) < 5 * np.sqrt(100 * 0.3 * 0.7))
