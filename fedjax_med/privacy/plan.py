@@ -15,7 +15,9 @@ Which steps count. Record level: client c runs S DP-SGD steps in every round
 it takes part in (``S x`` its rounds; an empty Poisson batch is a step too),
 each with sampling rate ``q_c = min(1, B / n_c)``; the run reports the largest
 epsilon over clients (the smallest client spends the most). Clients not sampled
-in a round spend nothing; no amplification from client sampling is claimed.
+in a round spend nothing; no amplification from client sampling is claimed. A
+target epsilon is calibrated on this exact schedule (the participation is
+seeded and data-independent, so it is known before training).
 Client level: one release per round, sampling rate ``q = clients_per_round /
 num_clients``; with BandMF of b bands (``privacy.mechanism=banded_mf``), ``ceil(r / b)``
 releases at rate ``b q`` after r rounds (cyclic Poisson sampling, ``dp_fedavg``).
@@ -115,6 +117,8 @@ def make(config: ml_collections.ConfigDict, partition: partition_base.Partition,
                                          accountant=p.accountant)
     except ValueError as e:
       raise errors.ConfigError(f"invalid --config.privacy.epsilon={p.epsilon!r}: {e}") from None
+    if p.level == "record" and not np.all(steps[-1] == worst[1]):
+      sigma = _calibrate_exact(sigma, p.epsilon, q, steps[-1], p.delta, p.accountant)
     log.info("privacy: noise multiplier %.4f calibrated for epsilon %g at delta %g over %d "
              "%s (q=%.4g)", sigma, p.epsilon, p.delta, worst[1],
              "steps" if p.level == "record" else "rounds", worst[0])
@@ -165,6 +169,25 @@ def _strategy(rounds: int, bands: int) -> tuple[float, ...]:
   from jax_privacy.matrix_factorization import toeplitz
 
   return tuple(float(c) for c in np.asarray(toeplitz.optimize_banded_toeplitz(rounds, bands)))
+
+
+def _calibrate_exact(upper: float, target: float, q: np.ndarray, steps: np.ndarray,
+                     delta: float, accountant: str, tol: float = 1e-3) -> float:
+  """The smallest sigma (relative ``tol``) at which the run's own schedule stays within
+  ``target``: max over clients of epsilon(sigma, q_c, steps_c). ``upper`` (calibrated for the
+  worst client taking part in every round) satisfies it; with partial participation no
+  client takes every step, so less noise does. Bisection on log sigma."""
+  def spent(sigma: float) -> float:
+    return accounting.max_epsilon(sigma, q.tolist(), steps.tolist(), delta, accountant=accountant)
+
+  lo = upper
+  while lo > 1e-2 * upper and spent(lo / 2) <= target:
+    lo /= 2
+  lo, hi = lo / 2, upper  # spent(lo) > target >= spent(hi), unless lo hit the floor
+  while hi / lo > 1 + tol:
+    mid = float(np.sqrt(lo * hi))
+    lo, hi = (lo, mid) if spent(mid) <= target else (mid, hi)
+  return hi
 
 
 def _tail(samples: int) -> float:

@@ -233,3 +233,12 @@ def test_cyclic_poisson_frequency_within_the_eligible_rounds():
     counts[ids] += 1
   # each client is eligible in 100 rounds, included with 0.3: 30 +- 5 sd (4.6)
   assert np.all(np.abs(counts - 30) < 5 * np.sqrt(100 * 0.3 * 0.7))
+
+
+def test_record_calibration_uses_the_runs_own_participation(data_root):
+  """With 2 of 6 clients a round no client takes every step: the calibrated noise spends the
+  target exactly (not the worst case of a client in every round)."""
+  config = small_config(data_root, **{"privacy.level": "record", "privacy.epsilon": 2.0,
+                                      "fl.clients_per_round": 2, "fl.rounds": 3})
+  exp = experiment.build(config)
+  assert 2.0 * 0.99 <= exp.privacy.epsilon[-1] <= 2.0
