@@ -275,6 +275,10 @@ def _validate_privacy(config: ml_collections.ConfigDict, entry) -> None:
   _check(isinstance(p.delta, float) and 0 < p.delta < 1, "privacy.delta", p.delta,
          "must be in (0, 1), and below 1 / the number of protected units")
   _check(p.clip_norm > 0, "privacy.clip_norm", p.clip_norm, "must be > 0 (inf = no clipping)")
+  noiseless = p.noise_multiplier == 0 or p.epsilon == math.inf
+  _check(math.isfinite(p.clip_norm) or noiseless, "privacy.clip_norm", p.clip_norm,
+         "noise scales with the clip norm: an infinite one only without noise "
+         "(noise_multiplier=0 or epsilon=inf)")
   _check(p.accountant in ACCOUNTANTS, "privacy.accountant", p.accountant,
          f"choose one of {ACCOUNTANTS}")
   if p.max_epsilon is not None:

@@ -203,7 +203,8 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       **final,
       "selected": select(records, config.eval.select_on),
       "sites": sites,
-      **({} if dp is None else {"privacy": dp.summary(end, jax.device_get(state.privacy))}),
+      **({} if dp is None else {"privacy": dp.summary(end, jax.device_get(
+          getattr(state, "inner", state).privacy))}),  # SWA wraps the state
   }
   checkpoint.kill_point("summary", int(state.round))  # test hook; no-op unless set
   metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)

@@ -10,10 +10,12 @@ by Poisson sampling with rate ``q`` (``batching.sample_clients_poisson``), the
 sampled Gaussian mechanism that ``privacy.accounting`` composes once per round.
 
 Adaptive clipping (``target_quantile`` set): every client also reports the bit
-``||delta|| <= C``; the server privatizes their count with Gaussian noise of std
-``count_noise`` and moves ``C <- C * exp(-clip_lr * (b - target_quantile))``
-with ``b`` the noised fraction, so ``C`` tracks the target quantile of the
-update norms. The two releases share the privacy budget: with total noise
+``||delta|| <= C``; the server sums the centred bits ``bit - 1/2`` (one client
+changes that sum by at most 1/2: the sensitivity the noise split below assumes,
+as TF Privacy's ``QuantileEstimatorQuery``), adds Gaussian noise of std
+``count_noise``, and with ``b = noised sum / m + 1/2`` (clipped to [0, 1]) moves
+``C <- C * exp(-clip_lr * (b - target_quantile))``, so ``C`` tracks the target
+quantile of the update norms. The two releases share the privacy budget: with total noise
 multiplier ``z`` (what the accountant sees), the deltas get
 ``z_delta = (z^-2 - (2 count_noise)^-2)^(-1/2)`` (Andrew et al., Theorem 1).
 
@@ -170,9 +172,12 @@ def release(dp: ClientDP, state: ClientDPState, clipped_sum: types.PyTree, norms
     noise = jax.tree.map(lambda v: v * jnp.asarray(std, v.dtype), y)
   m = dp.expected_clients
   pseudo_grad = jax.tree.map(lambda s, z: (s + z) / m, clipped_sum, noise)
-  unclipped = jnp.sum(((norms <= c) & real).astype(jnp.float32))
-  if dp.adaptive:
-    b = (unclipped + dp.count_std() * jax.random.normal(count_key, ())) / m
+  below = ((norms <= c) & real).astype(jnp.float32)
+  unclipped = jnp.sum(below)
+  if dp.adaptive:  # centred bits: sensitivity 1/2 (Andrew et al.'s split assumes it)
+    centred = jnp.sum((below - 0.5) * real.astype(jnp.float32))
+    b = (centred + dp.count_std() * jax.random.normal(count_key, ())) / m + 0.5
+    b = jnp.clip(b, 0.0, 1.0)
     c = c * jnp.exp(-dp.clip_lr * (b - dp.target_quantile))
   else:
     b = unclipped / jnp.maximum(jnp.sum(real.astype(jnp.float32)), 1.0)

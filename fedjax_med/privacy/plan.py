@@ -177,6 +177,11 @@ def _calibrate_exact(upper: float, target: float, q: np.ndarray, steps: np.ndarr
   ``target``: max over clients of epsilon(sigma, q_c, steps_c). ``upper`` (calibrated for the
   worst client taking part in every round) satisfies it; with partial participation no
   client takes every step, so less noise does. Bisection on log sigma."""
+  if upper == 0:  # an infinite target: no noise
+    return 0.0
+  keep = q > 0  # clients without records spend nothing
+  q, steps = q[keep], steps[keep]
+
   def spent(sigma: float) -> float:
     return accounting.max_epsilon(sigma, q.tolist(), steps.tolist(), delta, accountant=accountant)
 

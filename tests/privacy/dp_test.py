@@ -149,7 +149,7 @@ def test_clip_bounds_norm_and_keeps_small_trees():
 
 def reference_dp_fedavg_round(params, clients, state, dp: dp_fedavg.ClientDP, clip_norm):
   """Per client: plain local SGD, delta, clip; sum over real clients, noise, / m, server SGD 1."""
-  total, real, unclipped = jax.tree.map(np.zeros_like, params), 0, 0
+  total, real, centred = jax.tree.map(np.zeros_like, params), 0, 0.0
   for c in range(clients.weight.shape[0]):
     if clients.weight[c] == 0:
       continue
@@ -163,7 +163,7 @@ def reference_dp_fedavg_round(params, clients, state, dp: dp_fedavg.ClientDP, cl
       p = jax.tree.map(lambda x, gg: np.asarray(x) - LR * np.asarray(gg), p, g)
     delta = jax.tree.map(np.subtract, params, p)
     real += 1
-    unclipped += _norm(delta) <= clip_norm
+    centred += float(_norm(delta) <= clip_norm) - 0.5  # sensitivity 1/2
     total = jax.tree.map(np.add, total, _clip_np(delta, clip_norm))
   key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), dp_fedavg.NOISE_STREAM)
   delta_key, count_key = jax.random.split(key)
@@ -171,7 +171,8 @@ def reference_dp_fedavg_round(params, clients, state, dp: dp_fedavg.ClientDP, cl
   pseudo = jax.tree.map(lambda t, z: (t + np.asarray(z)) / dp.expected_clients, total, noise)
   new_clip = clip_norm
   if dp.adaptive:
-    b = (unclipped + dp.count_std() * float(jax.random.normal(count_key, ()))) / dp.expected_clients
+    b = (centred + dp.count_std() * float(jax.random.normal(count_key, ()))) / dp.expected_clients
+    b = min(1.0, max(0.0, b + 0.5))
     new_clip = clip_norm * np.exp(-dp.clip_lr * (b - dp.target_quantile))
   return jax.tree.map(np.subtract, params, pseudo), new_clip
 

@@ -168,6 +168,8 @@ def test_dp_round_compiles_once(level):
      "privacy.max_epsilon"),
     ({"privacy.level": "secret"}, "privacy.level"),
     ({"privacy.level": "record", "privacy.noise_multiplier": 1.0,
+      "privacy.clip_norm": float("inf")}, "privacy.clip_norm"),
+    ({"privacy.level": "record", "privacy.noise_multiplier": 1.0,
       "privacy.mechanism": "banded_mf"}, "privacy.mechanism"),
     ({"privacy.level": "client", "privacy.noise_multiplier": 1.0, "privacy.delta": 1e-3,
       "privacy.mechanism": "banded_mf", "privacy.bands": 3}, "privacy.bands"),  # 3 x 4 > 6
@@ -242,3 +244,17 @@ def test_record_calibration_uses_the_runs_own_participation(data_root):
                                       "fl.clients_per_round": 2, "fl.rounds": 3})
   exp = experiment.build(config)
   assert 2.0 * 0.99 <= exp.privacy.epsilon[-1] <= 2.0
+
+
+def test_swa_with_client_dp_writes_its_summary(data_root, tmp_path):
+  config = small_config(data_root, **{"privacy.level": "client", "privacy.noise_multiplier": 0.5,
+                                      "privacy.delta": 1e-3, "algorithm.swa": True})
+  train.train_and_evaluate(config, str(tmp_path))
+  assert json.load(open(tmp_path / "summary.json"))["privacy"]["level"] == "client"
+
+
+def test_infinite_target_with_partial_participation_means_no_noise(data_root):
+  config = small_config(data_root, **{"privacy.level": "record",
+                                      "privacy.epsilon": float("inf"), "fl.clients_per_round": 2})
+  exp = experiment.build(config)
+  assert exp.privacy.noise_multiplier == 0.0
