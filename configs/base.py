@@ -93,6 +93,13 @@ def get_config() -> ml_collections.ConfigDict:
   # constant | cosine (decays to server_lr * server_lr_min_ratio at the last round)
   c.fl.server_lr_schedule = "constant"
   c.fl.server_lr_min_ratio = 0.1
+  # Simulated unreliable clients (as FL-bench / FedScale), seeded by (seed, round, client id):
+  # each sampled client fails to report with probability dropout_rate (weight 0, counted in
+  # dropped_clients); straggler_fraction of the sampled clients run only straggler_steps of
+  # the local steps.
+  c.fl.dropout_rate = 0.0
+  c.fl.straggler_fraction = 0.0
+  c.fl.straggler_steps = 1
   # Execution engine (fedjax_med/engine.py): 0 = chosen per backend, logged.
   c.fl.client_chunk_size = 0  # clients vectorized together (>= clients_per_round: all)
   c.fl.local_unroll = 0  # lax.scan unroll of local steps

@@ -51,6 +51,8 @@ _BATCH_STREAM = 1
 _CLIENT_POISSON_STREAM = 2
 _RECORD_POISSON_STREAM = 3
 _CYCLIC_GROUP_STREAM = 4  # cyclic_groups' shuffle (not per round)
+_DROPOUT_STREAM = 5  # which sampled clients fail to report (dropout_mask)
+_STRAGGLER_STREAM = 6  # which sampled clients run fewer steps (straggler_mask)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -226,6 +228,63 @@ def _mix(x: np.ndarray) -> np.ndarray:
   x = (x ^ (x >> np.uint64(30))) * _M1
   x = (x ^ (x >> np.uint64(27))) * _M2
   return x ^ (x >> np.uint64(31))
+
+
+def _client_uniforms(client_ids: np.ndarray, seed: int, round_idx: int, stream: int) -> np.ndarray:
+  """[C] uniforms in [0, 1), a pure function of (seed, round, client id, stream) each."""
+  round_key = np.random.SeedSequence([seed, round_idx, stream]).generate_state(1, np.uint64)
+  ids = np.asarray(client_ids, dtype=np.int64).astype(np.uint64)
+  return (_mix(round_key[0] ^ _mix(ids)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def dropout_mask(client_ids: np.ndarray, rate: float, seed: int, round_idx: int) -> np.ndarray:
+  """[C] bool: which sampled clients fail to report in round ``round_idx``.
+
+  Each real client (id >= 0) fails independently with probability ``rate``; its draw
+  depends only on (seed, round, client id), not on the other clients of the round, so
+  a resumed run drops the same clients. Padding slots (id -1) are never marked.
+  """
+  client_ids = np.asarray(client_ids).reshape(-1)
+  if rate <= 0:
+    return np.zeros(client_ids.shape, bool)
+  u = _client_uniforms(client_ids, seed, round_idx, _DROPOUT_STREAM)
+  return (client_ids >= 0) & (u < rate)
+
+
+def straggler_mask(client_ids: np.ndarray, fraction: float, seed: int,
+                   round_idx: int) -> np.ndarray:
+  """[C] bool: the stragglers of round ``round_idx``.
+
+  ``round(fraction * n)`` of the ``n`` real clients (halves round up): those with the
+  smallest seeded key, a pure function of (seed, round, client id), so the choice does
+  not depend on the clients' order in the round.
+  """
+  client_ids = np.asarray(client_ids).reshape(-1)
+  real = client_ids >= 0
+  count = int(np.floor(fraction * real.sum() + 0.5))
+  out = np.zeros(client_ids.shape, bool)
+  if count <= 0:
+    return out
+  u = np.where(real, _client_uniforms(client_ids, seed, round_idx, _STRAGGLER_STREAM), np.inf)
+  out[np.argsort(u, kind="stable")[:count]] = True
+  return out
+
+
+def simulate_failures(batch: types.ClientBatch, dropped: np.ndarray, stragglers: np.ndarray,
+                      straggler_steps: int) -> types.ClientBatch:
+  """``batch`` with dropped-out clients emptied and stragglers cut short.
+
+  A dropped-out client keeps its id (its state row is read, never written) but weighs
+  0 and has no real example, as a padding client; a straggler's steps from
+  ``straggler_steps`` on hold no real example (the round skips them).
+  """
+  if not dropped.any() and not stragglers.any():
+    return batch
+  mask = batch.mask.copy()
+  mask[dropped] = False
+  mask[stragglers, straggler_steps:] = False
+  weight = np.where(dropped, np.zeros((), batch.weight.dtype), batch.weight)
+  return batch._replace(mask=mask, weight=weight)
 
 
 def make_eval_batches(

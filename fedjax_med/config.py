@@ -189,6 +189,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be >= 0 (0 = automatic per backend)")
   _check(config.fl.local_unroll >= 0, "fl.local_unroll", config.fl.local_unroll,
          "must be >= 0 (0 = automatic, 1 = lax.scan without unrolling)")
+  _check(isinstance(fl.dropout_rate, (int, float)) and 0 <= fl.dropout_rate < 1,
+         "fl.dropout_rate", fl.dropout_rate, "must be in [0, 1) (0 = every client reports)")
+  _check(isinstance(fl.straggler_fraction, (int, float)) and 0 <= fl.straggler_fraction <= 1,
+         "fl.straggler_fraction", fl.straggler_fraction, "must be in [0, 1] (0 = no stragglers)")
+  if fl.straggler_fraction > 0:
+    most = "S" if fl.local_epochs > 0 else f"fl.local_steps={fl.local_steps}"
+    _check(isinstance(fl.straggler_steps, int) and fl.straggler_steps >= 1
+           and (fl.local_epochs > 0 or fl.straggler_steps < fl.local_steps),
+           "fl.straggler_steps", fl.straggler_steps,
+           f"stragglers run fewer local steps: an integer in [1, {most})")
+  if not entry.federated:
+    for key in ("fl.dropout_rate", "fl.straggler_fraction"):
+      _check(_get(config, key) == 0, key, _get(config, key),
+             f"{name} trains one pooled model: no client can drop out or straggle; set it to 0")
   _check(config.partition.kind in partition.KINDS, "partition.kind", config.partition.kind,
          f"choose one of {partition.KINDS}")
   _check(math.isfinite(config.fl.local_epochs) and config.fl.local_epochs >= 0,
@@ -309,6 +323,10 @@ def _validate_privacy(config: ml_collections.ConfigDict, entry) -> None:
            f"which must hold the {fl.clients_per_round} expected clients: bands <= "
            f"{fl.num_clients // fl.clients_per_round}")
   if p.level == "record":
+    _check(config.fl.straggler_fraction == 0, "fl.straggler_fraction",
+           config.fl.straggler_fraction,
+           "record-level DP runs (and accounts) every local step, so a straggler cannot skip "
+           "steps: set it to 0")
     _check(config.fl.local_epochs == 0, "fl.local_epochs", config.fl.local_epochs,
            "record-level DP runs every one of fl.local_steps (Poisson batches): set it to 0")
     _check(config.model.norm != "batch", "model.norm", config.model.norm,

@@ -86,15 +86,28 @@ class Experiment(NamedTuple):
     else:
       client_ids = batching.sample_clients(num_clients, fl.clients_per_round, c.seed, round_idx)
     if dp is not None and dp.level == "record":
-      return batching.make_poisson_client_batch(
+      batch = batching.make_poisson_client_batch(
           self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
           local_steps=self.local_steps, batch_size=fl.batch_size, capacity=dp.capacity,
           seed=c.seed, round_idx=round_idx, pad_clients_to=pad_clients_to)
-    return batching.make_client_batch(
-        self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
-        local_steps=self.local_steps, batch_size=fl.batch_size, seed=c.seed, round_idx=round_idx,
-        pad_clients_to=pad_clients_to, local_epochs=fl.local_epochs or None,
-    )
+    else:
+      batch = batching.make_client_batch(
+          self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
+          local_steps=self.local_steps, batch_size=fl.batch_size, seed=c.seed,
+          round_idx=round_idx, pad_clients_to=pad_clients_to,
+          local_epochs=fl.local_epochs or None,
+      )
+    dropped, stragglers = self.failures(round_idx, batch.client_id)
+    return batching.simulate_failures(batch, dropped, stragglers, fl.straggler_steps)
+
+  def failures(self, round_idx: int, client_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(dropped, stragglers)`` [C] bool of round ``round_idx`` (``fl.dropout_rate``,
+    ``fl.straggler_fraction``): seeded by (seed, round, client id); a dropped-out client
+    is never also a straggler."""
+    fl, seed = self.config.fl, self.config.seed
+    dropped = batching.dropout_mask(client_ids, fl.dropout_rate, seed, round_idx)
+    stragglers = batching.straggler_mask(client_ids, fl.straggler_fraction, seed, round_idx)
+    return dropped, stragglers & ~dropped
 
   def initial_state(self) -> types.ServerState:
     """The algorithm's state at round 0 (also the template to restore checkpoints into)."""

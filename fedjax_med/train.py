@@ -121,15 +121,26 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       with jax.transfer_guard_host_to_device("disallow"):
         state, round_metrics = round_fn(state, batch)
       m = jax.device_get(round_metrics)
-      train_loss = _mean_loss(m)
+      drops = _drops(exp, r, host_batch, m)
+      train_loss = _mean_loss(m, drops)
       if first_round_s is None:
         first_round_s = time.time() - t_start
         log.info("first round done %.1f s after start (compile included)", first_round_s)
+      if drops["all_dropped"]:
+        log.warning("round %d: every one of the %d sampled clients dropped out or failed; "
+                    "the model is unchanged", r + 1, drops["dropped_clients"])
       # The loss is measured before each step: check the new state too, so that a
-      # non-finite model is never evaluated or saved.
-      what = (f"training loss ({train_loss})" if not math.isfinite(train_loss) else
+      # non-finite model is never evaluated or saved. Clients whose loss or update was
+      # non-finite were dropped in the round; the global loss is non-finite (and the run
+      # stops, as a diverging one) when every client that reported failed.
+      loss_ok = train_loss is None or math.isfinite(train_loss)
+      what = (f"training loss ({train_loss})" if not loss_ok else
               None if bool(state_finite(state)) else "model or optimizer state")
       if what:
+        if not loss_ok:  # every client failed: the record says so (the model is unchanged)
+          record({"round": r + 1, "split": "train", "loss": train_loss,
+                  "dropped_clients": drops["dropped_clients"],
+                  "failed_clients": drops["failed_clients"], "all_dropped": True})
         last = ckpt.latest_round()
         kept = (f"The last good checkpoint (round {last}) is kept in {ckpt.directory}."
                 if last is not None else "No checkpoint had been saved yet.")
@@ -137,11 +148,14 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
             f"non-finite {what} in round {r + 1}; stopped. {kept} Lower --config.fl.client_lr "
             "or --config.fl.server_lr and rerun with --fresh or in a new workdir."
         )
-      real = host_batch.weight > 0
+      real = (host_batch.weight > 0) & ~drops["failed"]
       record({
           "round": r + 1,
           "split": "train",
           "loss": train_loss,
+          "dropped_clients": drops["dropped_clients"],
+          "failed_clients": drops["failed_clients"],
+          **({"all_dropped": True} if drops["all_dropped"] else {}),
           "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
           "pseudo_grad_norm": float(m.pseudo_grad_norm),
           **comm_bytes(r + 1),
@@ -152,7 +166,8 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
              else {}),
           **({k: float(v) for k, v in m.privacy.items()} if m.privacy is not None else {}),
       })
-      progress.update(r + 1, f"train loss {train_loss:.4f}")
+      progress.update(r + 1, "all clients dropped" if train_loss is None else
+                      f"train loss {train_loss:.4f}")
       done = r + 1 == end
       if (r + 1) % config.eval.every == 0 or done:
         evaluate(state.params, r + 1,
@@ -197,6 +212,8 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       "compressor": config.comm.compressor,
       "total_bytes_up": comm_bytes(end)["bytes_up"],
       "total_bytes_down": comm_bytes(end)["bytes_down"],
+      # clients that dropped out (fl.dropout_rate) or failed (non-finite result), all rounds
+      **_drop_totals(records),
       "target_accuracy": target,
       "rounds_to_target": reached[0] if reached else None,
       "bytes_up_to_target": comm_bytes(reached[0])["bytes_up"] if reached else None,
@@ -255,11 +272,43 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _mean_loss(m: types.RoundMetrics) -> float:
-  steps = np.asarray(m.client_steps)
+def _drops(exp: experiment.Experiment, round_idx: int, batch: types.ClientBatch,
+           m: types.RoundMetrics) -> dict:
+  """Who did not count in round ``round_idx``: ``dropped_out`` [C] (host-side dropout),
+  ``failed`` [C] (non-finite result, from the round), their total ``dropped_clients``,
+  ``failed_clients``, and ``all_dropped`` (sampled clients, none of them counted)."""
+  ids = np.asarray(batch.client_id)
+  out, _ = exp.failures(round_idx, ids)
+  failed = np.zeros(ids.shape, bool) if m.dropped is None else np.asarray(m.dropped, bool)
+  dropped = out | failed
+  sampled = ids >= 0
+  return {"dropped_out": out, "failed": failed, "dropped_clients": int(dropped.sum()),
+          "failed_clients": int(failed.sum()),
+          "all_dropped": bool(sampled.any() and not (sampled & ~dropped).any())}
+
+
+def _mean_loss(m: types.RoundMetrics, drops: dict | None = None) -> float:
+  """The mean step loss of the clients that counted: NaN if every client that reported
+  failed (the run stops), None if all sampled clients dropped out, 0 with no client."""
+  loss, steps = np.asarray(m.client_loss), np.asarray(m.client_steps)
+  if drops is not None:
+    counted = ~(drops["dropped_out"] | drops["failed"])
+    loss, steps = loss[counted], steps[counted]
+    if drops["failed"].any() and steps.sum() == 0:
+      return math.nan
+    if drops["all_dropped"]:
+      return None
   if steps.sum() == 0:
     return 0.0
-  return float(np.asarray(m.client_loss).sum() / steps.sum())
+  return float(loss.sum() / steps.sum())
+
+
+def _drop_totals(records: list[dict]) -> dict:
+  """summary.json: dropped and failed clients over the train records of the run."""
+  train = [x for x in records if x["split"] == "train"]
+  return {"dropped_clients": sum(x.get("dropped_clients", 0) for x in train),
+          "failed_clients": sum(x.get("failed_clients", 0) for x in train),
+          "all_dropped_rounds": sum(1 for x in train if x.get("all_dropped"))}
 
 
 def _client_lr(exp: experiment.Experiment, round_: int) -> float:

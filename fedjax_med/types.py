@@ -73,6 +73,9 @@ class RoundMetrics(NamedTuple):
   pseudo_grad_norm: Array  # [] norm of the weighted-mean delta
   # client-level DP: {"clip_norm": [] the round's C, "unclipped_fraction": [] the released b}
   privacy: PyTree = None
+  # [C] bool: real clients dropped because their loss, update or state row was non-finite
+  # (weight 0 in the aggregate, state rows kept); None where an algorithm does not say
+  dropped: Array | None = None
 
 
 class FederatedAlgorithm(NamedTuple):

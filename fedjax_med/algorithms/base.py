@@ -6,7 +6,8 @@
    (``ServerState.client_state``, stacked ``[N, ...]``);
 2. **map** ``client_fn`` over the clients (vmapped, chunked: ``local.map_clients``),
    compressing each upload when the plan says so;
-3. **scatter** the real clients' new rows back;
+3. **scatter** the real clients' new rows back (a client whose result is non-finite
+   is dropped: weight 0, its old row kept, counted in ``RoundMetrics.dropped``);
 4. **aggregate** the deltas with the plan's :class:`~aggregators.Aggregator`;
 5. **server update**: ``server_fn`` turns the aggregate into the
    pseudo-gradient (and updates the algorithm's server extras), then the server
@@ -242,35 +243,38 @@ def federated_round(
       stacked=not agg.streaming,
       clip_norm=None if dp is None else state.privacy.clip_norm,
     )
-    real = clients.weight > 0
+    # Real clients that reported a finite result (map_clients drops failed ones: weight 0).
+    kept = res.weight > 0
     change_sum = None
-    if alg_rows is not None:
+    if alg_rows is not None:  # a select, not a 0 weight: a failed row may hold nan
       change_sum = aggregate.weighted_sum(
-        jax.tree.map(jnp.subtract, res.extra, alg_rows), real.astype(jnp.float32)
+        local.zero_rows(jax.tree.map(jnp.subtract, res.extra, alg_rows), kept),
+        kept.astype(jnp.float32),
       )
-    if store is not None:
+    if store is not None:  # a failed client keeps its old row
       new_rows = types.ClientState(res.extra, res.residual)
-      store = client_store.scatter(store, clients.client_id, new_rows, real)
+      store = client_store.scatter(store, clients.client_id, new_rows, kept)
     privacy, privacy_metrics = state.privacy, None
     if dp is not None:  # the clipped sum, noised, over the expected number of clients
       dp_fedavg = _client_dp()
       key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), dp_fedavg.NOISE_STREAM)
-      released = dp_fedavg.release(dp, state.privacy, res.delta_sum, res.update_norm, real, key)
+      released = dp_fedavg.release(dp, state.privacy, res.delta_sum, res.update_norm, kept, key)
       mean, privacy = released.pseudo_grad, released.state
       privacy_metrics = {"clip_norm": state.privacy.clip_norm,
                          "unclipped_fraction": released.unclipped_fraction}
     elif agg.streaming:
       mean = agg.aggregate(res.delta_sum, res.weight_sum)
     else:
-      mean = agg.aggregate(res.deltas, clients.weight)
-    aggregated = Aggregate(mean, change_sum, res._replace(deltas=None), clients.weight)
+      mean = agg.aggregate(res.deltas, res.weight)
+    aggregated = Aggregate(mean, change_sum, res._replace(deltas=None), res.weight)
     if server_fn is None:
       pseudo_grad, server = mean, state.server
     else:
       pseudo_grad, server = server_fn(shared, aggregated)
     params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
-    # A round without any real client (all padding) changes nothing but the round
-    # counter: without this, a server optimizer with momentum would still move.
+    # A round without any real client that reported (all padding, dropped out or failed)
+    # changes nothing but the round counter: without this, a server optimizer with
+    # momentum would still move.
     # Not under client-level DP: there an empty Poisson cohort still releases noise (an
     # unchanged model would tell that nobody took part, which DP must not reveal).
     any_real = res.weight_sum > 0
@@ -318,4 +322,5 @@ def round_metrics(res: local.ClientsResult, pseudo_grad) -> types.RoundMetrics:
     client_steps=res.steps,
     update_norm=res.update_norm,
     pseudo_grad_norm=aggregate.tree_norm(pseudo_grad),
+    dropped=res.dropped,
   )

@@ -64,12 +64,18 @@ def centralized(
       options["active"] = real
     params, opt_state, losses, has_data = local.run_steps(
         loss_fn, optimizer, state.params, state.opt_state, data, keys, **options)
+    # A round whose loss or new state is non-finite is dropped as a whole (the one model
+    # is every "client"): the model and optimizer state stay as they were.
+    ok = local.finite_rows(jax.tree.map(lambda x: x[None], (losses, params, opt_state)))[0]
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
     change = aggregate.tree_norm(jax.tree.map(jnp.subtract, state.params, params))
     metrics = types.RoundMetrics(
         client_loss=losses.reshape(num_clients, num_steps),
         client_steps=jnp.sum(has_data.reshape(num_clients, num_steps).astype(jnp.int32), axis=1),
         update_norm=jnp.full((num_clients,), change),
         pseudo_grad_norm=change,
+        dropped=(clients.weight > 0) & ~ok,
     )
     return types.ServerState(params, opt_state, state.round + 1, state.rng), metrics
 

@@ -13,6 +13,7 @@ gradient correction, FedSAM evaluates the gradient at a perturbed point).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -132,14 +133,36 @@ def local_train(loss_fn: types.LossFn, optimizer: optax.GradientTransformation,
 
 
 class ClientsResult(NamedTuple):
-  delta_sum: types.PyTree  # sum_c weight_c * delta_c (None when ``stacked``)
-  weight_sum: types.Array  # [] sum_c weight_c
-  loss: types.Array  # [C, S]
+  delta_sum: types.PyTree  # sum_c weight_c * delta_c over kept clients (None when ``stacked``)
+  weight_sum: types.Array  # [] sum_c weight_c over kept clients (failed clients weigh 0)
+  loss: types.Array  # [C, S] (as computed: a failed client's may be non-finite)
   steps: types.Array  # [C] int32
-  update_norm: types.Array  # [C] ||delta_c|| (0 for padding clients)
+  update_norm: types.Array  # [C] ||delta_c|| (0 for padding and failed clients)
   extra: types.PyTree = None  # per-client outputs of client_fn, stacked [C, ...]
   residual: types.PyTree = None  # new error-feedback residuals [C, ...] (compression)
-  deltas: types.PyTree = None  # every client's (decoded) delta [C, ...] (only when ``stacked``)
+  deltas: types.PyTree = None  # every client's (decoded) delta [C, ...], 0 where failed (``stacked``)
+  weight: types.Array = None  # [C] the weights aggregated: the input's, 0 for failed clients
+  dropped: types.Array = None  # [C] bool: a real client (weight > 0) whose result was non-finite
+
+
+def finite_rows(stacked: types.PyTree) -> types.Array:
+  """[C] bool: every floating entry of slice ``c`` of every leaf (leaves [C, ...]) is finite."""
+  oks = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+         for x in jax.tree.leaves(stacked) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return functools.reduce(jnp.logical_and, oks, True)  # True (broadcasts) with no float leaf
+
+
+def zero_rows(stacked: types.PyTree, keep: types.Array) -> types.PyTree:
+  """``stacked`` with slice ``c`` replaced by zeros where ``keep[c]`` is False.
+
+  A select, not a product: ``0 * nan`` is ``nan``, so a weight of 0 alone would not
+  keep a failed client's non-finite values out of a weighted sum.
+  """
+  def mask(x):
+    k = keep.reshape(keep.shape + (1,) * (x.ndim - 1))
+    return jnp.where(k, x, jnp.zeros((), x.dtype))
+
+  return jax.tree.map(mask, stacked)
 
 
 def client_data(clients: types.ClientBatch) -> dict:
@@ -192,6 +215,12 @@ def map_clients(
     clip_norm: client-level DP: every (decoded) delta is clipped to this L2
       norm before it is summed; ``update_norm`` stays the norm before clipping.
 
+  Failed clients: a real client whose loss, delta (before and after compression),
+  ``extra`` or new residual holds a non-finite value is dropped: its weight becomes 0,
+  its delta is replaced by zeros before it is summed, clipped or stacked (a select,
+  since ``0 * nan = nan``), and ``ClientsResult.dropped`` marks it; the caller keeps
+  its old state row.
+
   Returns:
     A :class:`ClientsResult`; per-client arrays keep the original C.
   """
@@ -201,13 +230,20 @@ def map_clients(
     d, w, k, r = chunk
     res, extra = jax.vmap(client_fn)(d, k)
     delta = jax.tree.map(lambda s, c: s[None] - c, server_params, res.params)
+    ok = finite_rows((delta, res.loss))
     new_r = None
     if compressor is not None:
       ckeys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k)
       compress = lambda x, kk, rr: compression.compress_tree(compressor, x, kk, rr)  # noqa: E731
       delta, new_r = jax.vmap(compress)(delta, ckeys, r)
-    # Padding clients (weight 0) report a zero update norm.
-    per_client = (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra, new_r)
+      ok = ok & finite_rows(delta)
+    ok = ok & finite_rows((extra, new_r))  # a state row to keep must be finite too
+    dropped = ~ok & (w > 0)
+    w = jnp.where(ok, w, jnp.zeros((), w.dtype))
+    delta = zero_rows(delta, ok)
+    # Padding and failed clients (weight 0) report a zero update norm.
+    per_client = (res.loss, res.steps, aggregate.stacked_norm(delta) * (w > 0), extra, new_r, w,
+                  dropped)
     if clip_norm is not None:
       from fedjax_med.privacy import dp_fedavg  # optional extra
 
@@ -243,5 +279,6 @@ def map_clients(
       ],
       per_client,
     )
-  loss, steps, norms, extra, new_r, deltas = per_client
-  return ClientsResult(delta_sum, jnp.sum(weight), loss, steps, norms, extra, new_r, deltas)
+  loss, steps, norms, extra, new_r, kept_weight, dropped, deltas = per_client
+  return ClientsResult(delta_sum, jnp.sum(kept_weight), loss, steps, norms, extra, new_r, deltas,
+                       kept_weight, dropped)
