@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from fedjax_med import batching, errors, experiment, metrics, train
+from fedjax_med import batching, errors, experiment, metrics, train, types
 from fedjax_med.data import synthetic
 
 
@@ -163,7 +163,41 @@ def test_trainer_logs_dropped_and_failed_clients_and_goes_on(data_root, tmp_path
     ({"fl.straggler_fraction": 0.5, "fl.straggler_steps": 0}, "fl.straggler_steps"),
     ({"algorithm.name": "centralized", "fl.num_clients": 1, "fl.clients_per_round": 1,
       "fl.dropout_rate": 0.2}, "fl.dropout_rate"),
+    ({"privacy.level": "record", "privacy.noise_multiplier": 1.0, "fl.straggler_fraction": 0.5},
+     "fl.straggler_fraction"),
 ])
 def test_bad_dropout_config_is_one_clear_error(data_root, overrides, match):
   with pytest.raises(errors.ConfigError, match=match):
     experiment.build(small_config(data_root, **overrides))
+
+
+def test_train_loss_counts_only_the_clients_that_reported():
+  """[3 real clients + 1 padding] x S=2: client 0 normal, 1 dropped out, 2 failed (NaN)."""
+  m = types.RoundMetrics(
+      client_loss=np.array([[1.0, 3.0], [0.0, 0.0], [np.nan, np.nan], [0.0, 0.0]]),
+      client_steps=np.array([2, 0, 2, 0]), update_norm=np.zeros(4), pseudo_grad_norm=0.0,
+      dropped=np.array([False, False, True, False]))
+  batch = types.ClientBatch(None, None, None, np.array([5.0, 0.0, 5.0, 0.0]),
+                            np.array([0, 1, 2, -1]))
+
+  class Exp:
+    def failures(self, round_idx, ids):
+      return np.asarray(ids) == 1, np.zeros(len(ids), bool)
+
+  drops = train._drops(Exp(), 0, batch, m)
+  assert (drops["dropped_clients"], drops["failed_clients"], drops["all_dropped"]) == (2, 1, False)
+  assert train._mean_loss(m, drops) == 2.0  # client 0 alone: (1 + 3) / 2
+  # every client that reported failed: the global loss is non-finite (the run stops)
+  m2 = m._replace(dropped=np.array([True, False, True, False]))
+  assert np.isnan(train._mean_loss(m2, train._drops(Exp(), 0, batch, m2)))
+  # every sampled client dropped out: no loss, and the record says so
+  m3 = m._replace(client_steps=np.zeros(4, int), client_loss=np.zeros((4, 2)),
+                  dropped=np.zeros(4, bool))
+
+  class AllOut(Exp):
+    def failures(self, round_idx, ids):
+      return np.asarray(ids) >= 0, np.zeros(len(ids), bool)
+
+  d3 = train._drops(AllOut(), 0, batch, m3)
+  assert d3["all_dropped"] and d3["dropped_clients"] == 3
+  assert train._mean_loss(m3, d3) is None
