@@ -8,7 +8,7 @@ Every field can be overridden on the command line, e.g.
 import ml_collections
 from ml_collections import config_dict
 
-from fedjax_med.algorithms import registry
+from fedjax_med.algorithms import aggregators, registry
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -103,6 +103,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Execution engine (fedjax_med/engine.py): 0 = chosen per backend, logged.
   c.fl.client_chunk_size = 0  # clients vectorized together (>= clients_per_round: all)
   c.fl.local_unroll = 0  # lax.scan unroll of local steps
+
+  # Aggregation of the client deltas (README "Robust aggregation"): mean (FedAvg, streamed
+  # over chunks) | median | trimmed_mean | krum | multikrum | geometric_median | norm_bound.
+  # The robust ones hold every client's delta at once (C x params x 4 bytes) and drop
+  # clients whose delta is non-finite. Hyper-parameters (used by the aggregator that takes
+  # them): trim_fraction (trimmed_mean beta in [0, 0.5)), num_byzantine (krum / multikrum f,
+  # 2f + 2 < fl.clients_per_round), multikrum_m (0 = n - f), gm_iters and gm_nu
+  # (geometric_median), norm_bound (L2 bound of every delta).
+  c.aggregator = ml_collections.ConfigDict({"name": "mean", **aggregators.DEFAULTS})
 
   # Communication: compression of client uploads (fedjax_med/compression.py).
   c.comm = ml_collections.ConfigDict()

@@ -17,6 +17,7 @@ import math
 import ml_collections
 
 from fedjax_med import augment, compression, optimizers, partition
+from fedjax_med.algorithms import aggregators
 from fedjax_med.algorithms import registry as algorithm_registry
 from fedjax_med.data import registry
 from fedjax_med.errors import ConfigError
@@ -252,11 +253,46 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "centralized training pools every site's data into one client: set it to 1 "
            "(fl.num_clients stays the number of sites evaluated on their held-out shares)")
   _validate_privacy(config, entry)
+  _validate_aggregator(config, entry)
   ev = config.eval
   _check(isinstance(ev.site_holdout, (int, float)) and 0 <= ev.site_holdout <= 0.9,
          "eval.site_holdout", ev.site_holdout, "must be in [0, 0.9] (0 = no per-site test share)")
   _check(ev.select_on in SELECT_ON, "eval.select_on", ev.select_on,
          f"choose one of {sorted(SELECT_ON)}")
+
+
+def _validate_aggregator(config: ml_collections.ConfigDict, entry) -> None:
+  """``config.aggregator``: its name, hyper-parameters, and what contradicts the rest of the run."""
+  ag, fl = config.aggregator, config.fl
+  name = ag.name
+  _check(name in aggregators.AGGREGATORS, "aggregator.name", name,
+         f"choose one of {list(aggregators.AGGREGATORS)}")
+  if name == "mean":
+    return
+  _check(entry.communicates, "aggregator.name", name,
+         f"{config.algorithm.name} aggregates no client updates: use mean")
+  _check(config.privacy.level != "client", "aggregator.name", name,
+         "client-level DP replaces the aggregator (clip, sum, noise): use mean")
+  params = {k: ag[k] for k in aggregators.PARAMS[name]}
+  try:
+    aggregators.get(name, **params)  # the builder's own range checks
+  except ValueError as e:
+    key = next(k for k in params if f" {k}=" in str(e))
+    fix = str(e).split(f" {key}={ag[key]!r} ", 1)[-1]
+    raise ConfigError(f"invalid --config.aggregator.{key}={ag[key]!r}: {fix} ({name})") from None
+  c = fl.clients_per_round
+  if name in ("krum", "multikrum"):
+    f = ag.num_byzantine
+    _check(2 * f + 2 < c, "aggregator.num_byzantine", f,
+           f"Krum tolerates f Byzantine clients only if 2f + 2 < fl.clients_per_round={c}: "
+           f"use f <= {max((c - 3) // 2, 0)} or more clients per round")
+  if name == "multikrum":
+    _check(ag.multikrum_m <= c - ag.num_byzantine, "aggregator.multikrum_m", ag.multikrum_m,
+           f"averages at most n - f = {c - ag.num_byzantine} of the {c} clients (0 = n - f)")
+  if name == "trimmed_mean":
+    drop = math.floor(ag.trim_fraction * c)
+    _check(2 * drop < c, "aggregator.trim_fraction", ag.trim_fraction,
+           f"drops {drop} clients at each end of {c}: nothing remains")
 
 
 PRIVACY_LEVELS = ("none", "record", "client")

@@ -63,6 +63,8 @@ class Experiment(NamedTuple):
   bytes_up_per_round: int  # every sampled client's (compressed) upload
   bytes_down_per_round: int  # the model sent to every sampled client
   privacy: Any = None  # privacy.plan.PrivacyPlan, or None without DP
+  # C x params x 4 bytes of stacked client deltas a round holds (robust aggregators; 0 = mean)
+  stacked_delta_bytes: int = 0
 
   @property
   def round_clients(self) -> int:
@@ -206,8 +208,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     from fedjax_med.privacy import plan as privacy_plan_lib  # the optional extra
 
     privacy_plan = privacy_plan_lib.make(config, train_part, local_steps)
+  aggregator = algorithms.aggregators.get(
+      config.aggregator.name,
+      **{k: config.aggregator[k] for k in algorithms.aggregators.PARAMS[config.aggregator.name]})
   plan = algorithms.RoundPlan(
-      num_clients=fl.num_clients, chunk_size=eng.client_chunk_size, unroll=eng.local_unroll,
+      aggregator=aggregator, num_clients=fl.num_clients, chunk_size=eng.client_chunk_size,
+      unroll=eng.local_unroll,
       compressor=compressor, error_feedback=bool(config.comm.error_feedback and compressor),
       client_lr_scale=optimizers.client_lr_scale(
           fl.rounds, fl.client_warmup_rounds, fl.client_lr_schedule, fl.client_lr_min_ratio),
@@ -242,9 +248,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         f"invalid --config.model.name={config.model.name!r} with --config.privacy.level=record: "
         "its BatchNorm mixes the examples of a batch, so DP-SGD's per-example gradients do not "
         "exist; use a model without BatchNorm (cnn, or model.norm=group / layer)")
+  # The stack has a row per client slot of the round (clients_per_round; the loop may pad
+  # it further to a multiple of the devices and the chunk).
+  stacked_bytes = algorithms.aggregators.stacked_delta_bytes(aggregator, round_clients, shapes)
   exp = Experiment(config, ds, train_part, sites, eng, model, loss_fn, plan,
                    make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,
-                   up, down, privacy_plan)
+                   up, down, privacy_plan, stacked_bytes)
   try:  # trace init now (shapes only): what the model cannot do is an input error
     jax.eval_shape(exp.initial_state)
   except ValueError as e:

@@ -210,6 +210,8 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       "time_to_first_round_s": first_round_s,
       "engine": exp.engine._asdict(),
       "compressor": config.comm.compressor,
+      "aggregator": {"name": config.aggregator.name,
+                     "stacked_delta_bytes": exp.stacked_delta_bytes},
       "total_bytes_up": comm_bytes(end)["bytes_up"],
       "total_bytes_down": comm_bytes(end)["bytes_down"],
       # clients that dropped out (fl.dropout_rate) or failed (non-finite result), all rounds

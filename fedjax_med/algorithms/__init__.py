@@ -4,14 +4,23 @@ Public API: the builders (each ``builder(loss_fn, client_optimizer,
 server_optimizer, *, <hyper-parameters>, plan)``), the :class:`RoundPlan` they
 share, the aggregators, the ``registry`` that names them, and ``swa``. The
 modules ``base`` (the round skeleton), ``local`` (the local-update primitive
-and the client map), ``client_store`` (stacked per-client rows) and
-``aggregate`` (tree arithmetic over the client axis) are internals: importable
-for research code that builds new algorithms, but their signatures may change
-between releases.
+and the client map), ``client_store`` (stacked per-client rows),
+``aggregate`` (tree arithmetic over the client axis) and ``robust`` (the
+arithmetic of the robust aggregators; build them with ``aggregators.get``) are
+internals: importable for research code that builds new algorithms, but their
+signatures may change between releases.
 """
 
 # Internals: importable (``algorithms.base``...) for research code, not in ``__all__``.
-from fedjax_med.algorithms import aggregate, aggregators, base, client_store, local, registry  # noqa: F401
+from fedjax_med.algorithms import (  # noqa: F401
+    aggregate,
+    aggregators,
+    base,
+    client_store,
+    local,
+    registry,
+    robust,
+)
 from fedjax_med.algorithms.aggregators import Aggregator
 from fedjax_med.algorithms.base import RoundPlan
 from fedjax_med.algorithms.centralized import centralized
