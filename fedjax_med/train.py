@@ -27,6 +27,7 @@ import numpy as np
 from fedjax_med import batching, checkpoint, experiment, metrics, partition, sharding, types
 from fedjax_med import config as config_lib
 from fedjax_med import workdir as workdir_lib
+from fedjax_med.configs import base as base_config
 from fedjax_med.errors import NonFiniteLossError
 from fedjax_med.progress import Progress
 
@@ -48,7 +49,7 @@ def train_and_evaluate(
   t_start = time.time()
   exp = experiment.build(config)
   if not fresh:
-    workdir_lib.check_identity(workdir, exp.config.to_dict())
+    workdir_lib.check_identity(workdir, exp.config.to_dict(), base_config.get_config().to_dict())
   with workdir_lib.Lock(workdir):
     if fresh:
       workdir_lib.clear(workdir)

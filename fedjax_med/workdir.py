@@ -49,8 +49,13 @@ def differences(old: dict, new: dict) -> list[str]:
                 != b.get(k, "<missing>"))
 
 
-def check_identity(workdir: str, config: dict) -> None:
+def check_identity(workdir: str, config: dict, defaults: dict | None = None) -> None:
   """Raises ``WorkdirError`` if ``workdir/config.json`` exists and differs from ``config``.
+
+  ``defaults``: the config defaults of this version. A key that the run's
+  ``config.json`` lacks (it was written by an older version, before the key
+  existed) is no difference while ``config`` leaves it at its default (a feature
+  that is off now was absent then), so runs resume across such upgrades.
 
   Also rejects a ``workdir`` that is a file or cannot be created or written.
   """
@@ -73,6 +78,9 @@ def check_identity(workdir: str, config: dict) -> None:
   except (OSError, ValueError) as e:
     raise WorkdirError(f"{path} is unreadable ({e}); rerun with --fresh to start over") from None
   diff = differences(old, config)
+  if defaults is not None:
+    had, default, new = _flatten(old), _flatten(json.loads(json.dumps(defaults))), _flatten(config)
+    diff = [k for k in diff if k in had or k not in default or new.get(k) != default[k]]
   if diff:
     shown = ", ".join(f"{k} ({_flatten(old).get(k, '<missing>')!r} -> "
                       f"{_flatten(config).get(k, '<missing>')!r})" for k in diff[:8])

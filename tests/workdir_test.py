@@ -296,3 +296,20 @@ def test_kill_9_and_rerun_ends_as_uninterrupted(data_root, finished, tmp_path, p
   assert ckpt.latest_round() == ROUNDS
   chex.assert_trees_all_equal(jax.device_get(ckpt.restore(template)), finished[1])
   assert not glob.glob(os.path.join(path, "checkpoints", "*tmp*"))  # the torn save cleaned up
+
+
+def test_keys_added_since_the_run_are_no_difference_at_their_defaults(tmp_path):
+  """A run written before a key existed resumes while the key stays at its default."""
+  from fedjax_med.workdir import WorkdirError, check_identity
+
+  old = {"fl": {"rounds": 3}}
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  defaults = {"fl": {"rounds": 30, "dropout_rate": 0.0}, "privacy": {"level": "none"}}
+  new = {"fl": {"rounds": 3, "dropout_rate": 0.0}, "privacy": {"level": "none"}}
+  check_identity(str(tmp_path), new, defaults)  # only added keys, at their defaults
+  with pytest.raises(WorkdirError, match="privacy.level"):
+    check_identity(str(tmp_path), {**new, "privacy": {"level": "record"}}, defaults)
+  with pytest.raises(WorkdirError, match="fl.rounds"):
+    check_identity(str(tmp_path), {**new, "fl": {"rounds": 4, "dropout_rate": 0.0}}, defaults)
+  with pytest.raises(WorkdirError, match="dropout_rate"):
+    check_identity(str(tmp_path), new)  # without the defaults: every added key differs
