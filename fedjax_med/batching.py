@@ -137,23 +137,9 @@ def make_client_batch(
   bsz = partition_base.check_int("batch_size", batch_size, minimum=1)
   seed = partition_base.check_seed(seed)
   round_idx = partition_base.check_int("round_idx", round_idx, minimum=0)
-  images, labels = np.asarray(images), np.asarray(labels)
-  if len(images) != len(labels):
-    raise errors.ConfigError(f"{len(images)} images but {len(labels)} labels")
-  client_ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+  images, labels, client_ids, num_out = _round_inputs(images, labels, partition, client_ids,
+                                                      pad_clients_to)
   num_real = len(client_ids)
-  if num_real and (client_ids.min() < 0 or client_ids.max() >= partition.num_clients):
-    raise errors.ConfigError(
-        f"client ids must lie in [0, {partition.num_clients}), got "
-        f"[{client_ids.min()}, {client_ids.max()}]"
-    )
-  num_out = num_real
-  if pad_clients_to is not None:
-    num_out = partition_base.check_int("pad_clients_to", pad_clients_to, minimum=0)
-    if num_out < num_real:
-      raise errors.ConfigError(
-          f"pad_clients_to={num_out} is smaller than the {num_real} sampled clients"
-      )
 
   n = partition.sizes[client_ids]  # [C] examples per client
   start = partition.offsets[client_ids]  # [C] where each client's indices begin
@@ -201,10 +187,7 @@ def make_client_batch(
   label[flat] = labels[example]
   mask = np.zeros(size, bool)
   mask[flat] = True
-  weight = np.zeros(num_out, np.float32)
-  weight[:num_real] = n
-  client_id = np.full(num_out, -1, np.int32)
-  client_id[:num_real] = client_ids
+  weight, client_id = _client_fields(n, client_ids, num_out)
   lead = (num_out, steps, bsz)
   return types.ClientBatch(
       image=image.reshape(*lead, *images.shape[1:]),
@@ -213,6 +196,43 @@ def make_client_batch(
       weight=weight,
       client_id=client_id,
   )
+
+
+def _round_inputs(images, labels, partition: partition_base.Partition, client_ids,
+                  pad_clients_to: int | None):
+  """Checked ``(images, labels, client_ids int64 [C], C')`` of a round's batch builder.
+
+  Raises:
+    errors.ConfigError: mismatched images and labels, client ids outside the
+      partition, or ``pad_clients_to`` below the number of sampled clients.
+  """
+  images, labels = np.asarray(images), np.asarray(labels)
+  if len(images) != len(labels):
+    raise errors.ConfigError(f"{len(images)} images but {len(labels)} labels")
+  client_ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+  num_real = len(client_ids)
+  if num_real and (client_ids.min() < 0 or client_ids.max() >= partition.num_clients):
+    raise errors.ConfigError(
+        f"client ids must lie in [0, {partition.num_clients}), got "
+        f"[{client_ids.min()}, {client_ids.max()}]"
+    )
+  num_out = num_real
+  if pad_clients_to is not None:
+    num_out = partition_base.check_int("pad_clients_to", pad_clients_to, minimum=0)
+    if num_out < num_real:
+      raise errors.ConfigError(
+          f"pad_clients_to={num_out} is smaller than the {num_real} sampled clients"
+      )
+  return images, labels, client_ids, num_out
+
+
+def _client_fields(n: np.ndarray, client_ids: np.ndarray, num_out: int):
+  """``weight`` [C'] (= n_c, 0 for padding) and ``client_id`` [C'] (-1 for padding)."""
+  weight = np.zeros(num_out, np.float32)
+  weight[:len(client_ids)] = n
+  client_id = np.full(num_out, -1, np.int32)
+  client_id[:len(client_ids)] = client_ids
+  return weight, client_id
 
 
 def epoch_steps(sizes: np.ndarray, batch_size: int, local_epochs: float) -> int:
@@ -553,23 +573,9 @@ def make_poisson_client_batch(
   cap = partition_base.check_int("capacity", capacity, minimum=1)
   seed = partition_base.check_seed(seed)
   round_idx = partition_base.check_int("round_idx", round_idx, minimum=0)
-  images, labels = np.asarray(images), np.asarray(labels)
-  if len(images) != len(labels):
-    raise errors.ConfigError(f"{len(images)} images but {len(labels)} labels")
-  client_ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+  images, labels, client_ids, num_out = _round_inputs(images, labels, partition, client_ids,
+                                                      pad_clients_to)
   num_real = len(client_ids)
-  if num_real and (client_ids.min() < 0 or client_ids.max() >= partition.num_clients):
-    raise errors.ConfigError(
-        f"client ids must lie in [0, {partition.num_clients}), got "
-        f"[{client_ids.min()}, {client_ids.max()}]"
-    )
-  num_out = num_real
-  if pad_clients_to is not None:
-    num_out = partition_base.check_int("pad_clients_to", pad_clients_to, minimum=0)
-    if num_out < num_real:
-      raise errors.ConfigError(
-          f"pad_clients_to={num_out} is smaller than the {num_real} sampled clients"
-      )
 
   n = partition.sizes[client_ids]  # [C]
   start = partition.offsets[client_ids]  # [C]
@@ -604,10 +610,7 @@ def make_poisson_client_batch(
   image[mask] = images[example]
   label = np.zeros((num_out, steps, cap, *labels.shape[1:]), np.int32)
   label[mask] = labels[example]
-  weight = np.zeros(num_out, np.float32)
-  weight[:num_real] = n
-  client_id = np.full(num_out, -1, np.int32)
-  client_id[:num_real] = client_ids
+  weight, client_id = _client_fields(n, client_ids, num_out)
   return types.ClientBatch(
       image=image, label=label, mask=mask, weight=weight, client_id=client_id
   )

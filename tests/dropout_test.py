@@ -13,37 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
 from fedjax_med import batching, errors, experiment, metrics, train, types
-from fedjax_med.data import synthetic
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  root = tmp_path_factory.mktemp("medmnist")
-  synthetic.write_npz(root / "pneumoniamnist.npz", name="pneumoniamnist", n_train=240, n_val=60,
-                      n_test=60, noise=0.6, seed=0)
-  return str(root)
+from tests import train_test
 
 
 def small_config(data_root, **overrides):
-  c = base.get_config()
-  c.data.root = data_root
-  c.data.download = False
-  c.data.verify_md5 = False
-  c.model.name = "cnn_tiny"
-  c.partition.kind = "iid"
-  c.fl.rounds = 4
-  c.fl.num_clients = 6
-  c.fl.clients_per_round = 4
-  c.fl.local_steps = 3
-  c.fl.batch_size = 8
-  c.fl.client_lr = 0.1
-  c.eval.every = 4
-  c.eval.batch_size = 32
-  c.ckpt.every = 4
-  c.log.progress = "none"
-  return base.apply(c, overrides)
+  """train_test's tiny run with IID clients and one evaluation / checkpoint at round 4."""
+  return train_test.small_config(data_root, **{
+      "partition.kind": "iid", "eval.every": 4, "ckpt.every": 4, **overrides})
 
 
 def test_dropout_frequency_matches_the_rate_and_is_independent():

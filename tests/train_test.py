@@ -11,15 +11,6 @@ import pytest
 from configs import base
 from fedjax_med import compression, errors, experiment, metrics, train
 from fedjax_med.algorithms import registry
-from fedjax_med.data import synthetic
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  root = tmp_path_factory.mktemp("medmnist")
-  synthetic.write_npz(root / "pneumoniamnist.npz", name="pneumoniamnist", n_train=240, n_val=60,
-                      n_test=60, noise=0.6, seed=0)
-  return str(root)
 
 
 def small_config(data_root, **overrides):

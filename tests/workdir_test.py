@@ -17,7 +17,7 @@ import pytest
 from configs import base
 from fedjax_med import checkpoint, errors, experiment, metrics, train, workdir
 from fedjax_med.checkpoint import CHECKSUMS
-from tests.train_test import data_root, small_config  # noqa: F401 - the module's fixture
+from tests.train_test import small_config
 
 ROUNDS = 4
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

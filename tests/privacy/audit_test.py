@@ -19,16 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DELTA = 1e-3
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  from fedjax_med.data import synthetic
-
-  root = tmp_path_factory.mktemp("medmnist")
-  synthetic.write_npz(root / "pneumoniamnist.npz", name="pneumoniamnist", n_train=240, n_val=60,
-                      n_test=60, noise=0.6, seed=0)
-  return str(root)
-
-
 def dp_config(data_root, level, **overrides):
   return small_config(data_root, **{"privacy.level": level, "privacy.delta": DELTA,
                                     **overrides})
