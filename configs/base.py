@@ -113,6 +113,13 @@ def get_config() -> ml_collections.ConfigDict:
   # (geometric_median), norm_bound (L2 bound of every delta).
   c.aggregator = ml_collections.ConfigDict({"name": "mean", **aggregators.DEFAULTS})
 
+  # Simulated malicious clients (README "Attacks"; fedjax_med/algorithms/attacks.py): a seeded
+  # fixed set of round(fraction * fl.num_clients) clients. kind: none | label_flip (data
+  # poisoning) | sign_flip | scaling | gaussian | alie | ipm (model poisoning: the round holds
+  # the stacked deltas). scale: the kind's strength, 0 = its default (sign_flip 1, scaling 10,
+  # gaussian std 1, alie z = Baruch et al.'s z_max, ipm eps 0.1; label_flip takes none).
+  c.attack = ml_collections.ConfigDict({"kind": "none", "fraction": 0.0, "scale": 0.0})
+
   # Communication: compression of client uploads (fedjax_med/compression.py).
   c.comm = ml_collections.ConfigDict()
   c.comm.compressor = "none"  # none | quantize | topk | randk

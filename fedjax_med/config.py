@@ -17,7 +17,7 @@ import math
 import ml_collections
 
 from fedjax_med import augment, compression, optimizers, partition
-from fedjax_med.algorithms import aggregators
+from fedjax_med.algorithms import aggregators, attacks
 from fedjax_med.algorithms import registry as algorithm_registry
 from fedjax_med.data import registry
 from fedjax_med.errors import ConfigError
@@ -254,6 +254,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "(fl.num_clients stays the number of sites evaluated on their held-out shares)")
   _validate_privacy(config, entry)
   _validate_aggregator(config, entry)
+  _validate_attack(config, entry)
   ev = config.eval
   _check(isinstance(ev.site_holdout, (int, float)) and 0 <= ev.site_holdout <= 0.9,
          "eval.site_holdout", ev.site_holdout, "must be in [0, 0.9] (0 = no per-site test share)")
@@ -293,6 +294,48 @@ def _validate_aggregator(config: ml_collections.ConfigDict, entry) -> None:
     drop = math.floor(ag.trim_fraction * c)
     _check(2 * drop < c, "aggregator.trim_fraction", ag.trim_fraction,
            f"drops {drop} clients at each end of {c}: nothing remains")
+
+
+def _validate_attack(config: ml_collections.ConfigDict, entry) -> None:
+  """``config.attack``: its values, and whether the aggregator tolerates it (issue 16)."""
+  at, fl, ag = config.attack, config.fl, config.aggregator
+  _check(at.kind in attacks.KINDS, "attack.kind", at.kind, f"choose one of {list(attacks.KINDS)}")
+  _check(isinstance(at.fraction, (int, float)) and 0 <= at.fraction < 1, "attack.fraction",
+         at.fraction, "must be in [0, 1): the share of fl.num_clients that is malicious")
+  _check(isinstance(at.scale, (int, float)) and math.isfinite(at.scale) and at.scale >= 0,
+         "attack.scale", at.scale, "must be a finite number >= 0 (0 = the kind's default)")
+  if at.kind == "none":
+    _check(at.fraction == 0, "attack.fraction", at.fraction,
+           "needs an attack: set --config.attack.kind (or leave the fraction 0)")
+    return
+  _check(entry.communicates, "attack.kind", at.kind,
+         f"{config.algorithm.name} has no federated round to attack")
+  _check(at.kind != "label_flip" or at.scale == 0, "attack.scale", at.scale,
+         "label_flip takes no scale: leave it 0")
+  _check(at.kind in attacks.DATA_KINDS or config.privacy.level != "client", "attack.kind",
+         at.kind, "model poisoning is not simulated under client-level DP (it would act before "
+         "the clipping): use label_flip or privacy.level=none|record")
+  total = attacks.num_malicious(fl.num_clients, at.fraction)
+  _check(at.fraction == 0 or total > 0, "attack.fraction", at.fraction,
+         f"makes round(fraction * fl.num_clients={fl.num_clients}) = 0 clients malicious: "
+         "use a larger fraction (or 0 for none)")
+  # What the aggregator tolerates: m malicious clients in a round of c (all malicious sampled).
+  c = fl.clients_per_round
+  m = min(total, c)
+  if m == 0 or ag.name in ("mean", "stacked_mean", "norm_bound"):
+    return  # the mean tolerates nothing (the baseline); norm bounding has no breakdown point
+  if ag.name in ("krum", "multikrum"):
+    _check(ag.num_byzantine >= m, "aggregator.num_byzantine", ag.num_byzantine,
+           f"Krum must tolerate the {m} malicious clients of attack.fraction={at.fraction}: "
+           f"use f >= {m} (with 2f + 2 < fl.clients_per_round={c})")
+  elif ag.name == "trimmed_mean":
+    drop = math.floor(ag.trim_fraction * c)
+    _check(drop >= m, "aggregator.trim_fraction", ag.trim_fraction,
+           f"trims {drop} of {c} clients at each end, fewer than the {m} malicious ones of "
+           f"attack.fraction={at.fraction}: use trim_fraction >= {m / c:g} (< 0.5)")
+  else:  # median, geometric_median: breakdown point 1/2
+    _check(2 * m < c, "attack.fraction", at.fraction,
+           f"{ag.name} tolerates fewer than half of the clients: {m} of {c} are malicious")
 
 
 PRIVACY_LEVELS = ("none", "record", "client")

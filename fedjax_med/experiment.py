@@ -211,6 +211,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   aggregator = algorithms.aggregators.get(
       config.aggregator.name,
       **{k: config.aggregator[k] for k in algorithms.aggregators.PARAMS[config.aggregator.name]})
+  attack = algorithms.attacks.make(config.attack.kind, fl.num_clients, config.attack.fraction,
+                                   config.seed, config.attack.scale, ds.num_classes)
+  if attack is not None:
+    log.info("attack %s (scale %g): malicious clients %s", attack.kind, attack.scale,
+             list(attack.malicious))
   plan = algorithms.RoundPlan(
       aggregator=aggregator, num_clients=fl.num_clients, chunk_size=eng.client_chunk_size,
       unroll=eng.local_unroll,
@@ -219,6 +224,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
           fl.rounds, fl.client_warmup_rounds, fl.client_lr_schedule, fl.client_lr_min_ratio),
       record_dp=privacy_plan.mechanism if privacy_plan and privacy_plan.level == "record" else None,
       client_dp=privacy_plan.mechanism if privacy_plan and privacy_plan.level == "client" else None,
+      attack=attack,
   )
   image_bytes = int(np.prod(ds.image_shape)) * ds.train.images.dtype.itemsize
   step_slots = privacy_plan.capacity if privacy_plan and privacy_plan.level == "record" else (
@@ -250,7 +256,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         "exist; use a model without BatchNorm (cnn, or model.norm=group / layer)")
   # The stack has a row per client slot of the round (clients_per_round; the loop may pad
   # it further to a multiple of the devices and the chunk).
-  stacked_bytes = algorithms.aggregators.stacked_delta_bytes(aggregator, round_clients, shapes)
+  # (a model-poisoning attack stacks them under the mean too)
+  stacked_bytes = algorithms.aggregators.stacked_delta_bytes(
+      algorithms.aggregators.stacked_mean() if attack and attack.poisons_updates else aggregator,
+      round_clients, shapes)
   exp = Experiment(config, ds, train_part, sites, eng, model, loss_fn, plan,
                    make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,
                    up, down, privacy_plan, stacked_bytes)

@@ -157,6 +157,10 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
           "dropped_clients": drops["dropped_clients"],
           "failed_clients": drops["failed_clients"],
           **({"all_dropped": True} if drops["all_dropped"] else {}),
+          # reporting malicious clients of the round (config.attack)
+          **({"malicious_clients": int(np.isin(host_batch.client_id[real],
+                                               exp.plan.attack.malicious).sum())}
+             if exp.plan.attack is not None else {}),
           "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
           "pseudo_grad_norm": float(m.pseudo_grad_norm),
           **comm_bytes(r + 1),
@@ -213,6 +217,9 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       "compressor": config.comm.compressor,
       "aggregator": {"name": config.aggregator.name,
                      "stacked_delta_bytes": exp.stacked_delta_bytes},
+      "attack": None if exp.plan.attack is None else {
+          "kind": exp.plan.attack.kind, "fraction": config.attack.fraction,
+          "scale": exp.plan.attack.scale, "malicious": list(exp.plan.attack.malicious)},
       "total_bytes_up": comm_bytes(end)["bytes_up"],
       "total_bytes_down": comm_bytes(end)["bytes_down"],
       # clients that dropped out (fl.dropout_rate) or failed (non-finite result), all rounds

@@ -2,7 +2,7 @@
 
 Public API: the builders (each ``builder(loss_fn, client_optimizer,
 server_optimizer, *, <hyper-parameters>, plan)``), the :class:`RoundPlan` they
-share, the aggregators, the ``registry`` that names them, and ``swa``. The
+share, the aggregators, the simulated ``attacks``, the ``registry`` that names them, and ``swa``. The
 modules ``base`` (the round skeleton), ``local`` (the local-update primitive
 and the client map), ``client_store`` (stacked per-client rows),
 ``aggregate`` (tree arithmetic over the client axis) and ``robust`` (the
@@ -15,6 +15,7 @@ signatures may change between releases.
 from fedjax_med.algorithms import (  # noqa: F401
     aggregate,
     aggregators,
+    attacks,
     base,
     client_store,
     local,
@@ -44,7 +45,7 @@ from fedjax_med.types import (
 
 __all__ = [
     "Aggregator", "ClientBatch", "ClientState", "FederatedAlgorithm", "RoundMetrics", "RoundPlan",
-    "ServerState", "aggregators", "build", "centralized", "cyclical_lr", "fedavg",
+    "ServerState", "aggregators", "attacks", "build", "centralized", "cyclical_lr", "fedavg",
     "fedbn", "feddyn", "fedexp", "fedprox", "fedsam", "is_batchnorm_leaf", "local_baseline", "proximal_loss", "registry",
     "sam_grad_fn", "scaffold", "swa",
 ]

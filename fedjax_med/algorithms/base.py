@@ -27,11 +27,15 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_med import compression, types
-from fedjax_med.algorithms import aggregate, aggregators, client_store, local
+from fedjax_med.algorithms import aggregate, aggregators, attacks, client_store, local
 from fedjax_med.types import PyTree
 
 if TYPE_CHECKING:  # the privacy package needs the optional jax-privacy (extra "privacy")
   from fedjax_med.privacy import dp_fedavg, dp_sgd
+
+
+# fold_in stream of the round key that draws the attack's noise (``gaussian``).
+ATTACK_STREAM = 0xA77AC
 
 
 class RoundPlan(NamedTuple):
@@ -59,6 +63,9 @@ class RoundPlan(NamedTuple):
     client_dp: client-level DP: DP-FedAvg's clipping of every client's delta,
       noise on the sum and fixed denominator replace the aggregator
       (``privacy.dp_fedavg``); clients weigh 1 each.
+    attack: simulated malicious clients (``attacks``): their labels flipped
+      before local training, or their updates replaced after it (then the
+      round holds the stacked deltas, also under the mean).
   """
 
   num_clients: int = 0
@@ -70,6 +77,7 @@ class RoundPlan(NamedTuple):
   client_lr_scale: Callable[[types.Array], types.Array] | None = None
   record_dp: dp_sgd.RecordDP | None = None
   client_dp: dp_fedavg.ClientDP | None = None
+  attack: attacks.Attack | None = None
 
 
 def lr_scale(plan: RoundPlan, round_: types.Array) -> types.Array | None:
@@ -102,6 +110,12 @@ def check_plan(plan: RoundPlan, algorithm: str, *, stateful: bool,
       raise ValueError(f"{algorithm} does not support {level}-level differential privacy")
   if plan.client_dp is not None and not plan.aggregator.streaming:
     raise ValueError(f"{algorithm}: client-level DP replaces the aggregator; use the mean")
+  if plan.client_dp is not None and plan.attack is not None and plan.attack.poisons_updates:
+    raise ValueError(f"{algorithm}: a model-poisoning attack ({plan.attack.kind}) is not "
+                     "simulated under client-level DP (it would act before the clipping)")
+  if plan.attack is not None and plan.num_clients != plan.attack.num_clients:
+    raise ValueError(f"{algorithm}: the attack is on {plan.attack.num_clients} clients but "
+                     f"plan.num_clients={plan.num_clients}")
   if stateful and plan.num_clients < 1:
     raise ValueError(
       f"{algorithm} keeps a state row per client: pass plan=RoundPlan(num_clients=N, ...)"
@@ -218,10 +232,14 @@ def federated_round(
   """
   agg = plan.aggregator
   dp = plan.client_dp
+  attack = plan.attack
+  poisons_updates = attack is not None and attack.poisons_updates
 
   def round_fn(state: types.ServerState, clients: types.ClientBatch):
     if uniform or dp is not None:  # DP-FedAvg: every client weighs 1
       clients = clients._replace(weight=(clients.weight > 0).astype(clients.weight.dtype))
+    if attack is not None:  # data poisoning: the malicious clients' labels
+      clients = attacks.poison_data(attack, clients)
     store = state.client_state
     rows = None if store is None else client_store.gather(store, clients.client_id)
     alg_rows = None if rows is None else rows.algorithm
@@ -240,9 +258,14 @@ def federated_round(
       chunk_size=plan.chunk_size,
       compressor=plan.compressor,
       residual=None if rows is None else rows.residual,
-      stacked=not agg.streaming,
+      stacked=not agg.streaming or poisons_updates,
       clip_norm=None if dp is None else state.privacy.clip_norm,
     )
+    if poisons_updates:  # model poisoning: the malicious clients' updates replaced
+      key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), ATTACK_STREAM)
+      bad = attacks.malicious_slots(attack, clients.client_id, res.weight)
+      deltas = attacks.poison_updates(attack, res.deltas, bad, res.weight, key)
+      res = res._replace(deltas=deltas, update_norm=attacks.update_norms(deltas, res.weight))
     # Real clients that reported a finite result (map_clients drops failed ones: weight 0).
     kept = res.weight > 0
     change_sum = None
@@ -262,6 +285,8 @@ def federated_round(
       mean, privacy = released.pseudo_grad, released.state
       privacy_metrics = {"clip_norm": state.privacy.clip_norm,
                          "unclipped_fraction": released.unclipped_fraction}
+    elif agg.streaming and poisons_updates:  # the same weighted mean, from the stack
+      mean = aggregate.weighted_mean(res.deltas, res.weight)
     elif agg.streaming:
       mean = agg.aggregate(res.delta_sum, res.weight_sum)
     else:
