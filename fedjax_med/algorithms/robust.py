@@ -110,13 +110,12 @@ def trimmed_mean(deltas: types.PyTree, weights: types.Array, trim_fraction: floa
 def pairwise_sq_distances(deltas: types.PyTree) -> types.Array:
   """[C, C] squared L2 distances between the clients' deltas (one row at a time)."""
 
-  def row(i):
-    return sum(
-        jnp.sum(jnp.square(x - x[i]).reshape(x.shape[0], -1), axis=1) for x in jax.tree.leaves(deltas)
-    )
+  leaves = [x.reshape(x.shape[0], -1) for x in jax.tree.leaves(deltas)]  # [C, -1]: faster on CPU
 
-  num = jax.tree.leaves(deltas)[0].shape[0]
-  return jax.lax.map(row, jnp.arange(num))
+  def row(i):
+    return sum(jnp.sum(jnp.square(x - x[i]), axis=1) for x in leaves)
+
+  return jax.lax.map(row, jnp.arange(leaves[0].shape[0]))
 
 
 def krum_scores(deltas: types.PyTree, real: types.Array, num_byzantine: int) -> types.Array:
