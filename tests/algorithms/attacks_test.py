@@ -125,6 +125,7 @@ def test_attack_on_nobody_equals_plain_fedavg():
   plain, _ = run_rounds(None, rounds=3)
   for kind in ("label_flip", "sign_flip", "alie", "gaussian"):
     nobody, _ = run_rounds(attack(kind, malicious=()), rounds=3)
+    # float rounding only: the streamed and the stacked weighted sums fuse differently (1.5e-8)
     chex.assert_trees_all_close(nobody, plain, rtol=1e-6, atol=1e-7)
 
 
