@@ -307,35 +307,46 @@ def _validate_attack(config: ml_collections.ConfigDict, entry) -> None:
   if at.kind == "none":
     _check(at.fraction == 0, "attack.fraction", at.fraction,
            "needs an attack: set --config.attack.kind (or leave the fraction 0)")
+    _check(at.scale == 0, "attack.scale", at.scale,
+           "needs an attack: set --config.attack.kind (or leave the scale 0)")
     return
   _check(entry.communicates, "attack.kind", at.kind,
          f"{config.algorithm.name} has no federated round to attack")
   _check(at.kind != "label_flip" or at.scale == 0, "attack.scale", at.scale,
          "label_flip takes no scale: leave it 0")
   _check(at.kind in attacks.DATA_KINDS or config.privacy.level != "client", "attack.kind",
-         at.kind, "model poisoning is not simulated under client-level DP (it would act before "
-         "the clipping): use label_flip or privacy.level=none|record")
+         at.kind, "model poisoning is not simulated under client-level DP (the clipping runs "
+         "inside the client map, so a replaced update would escape it): use label_flip or "
+         "privacy.level=none|record")
   total = attacks.num_malicious(fl.num_clients, at.fraction)
-  _check(at.fraction == 0 or total > 0, "attack.fraction", at.fraction,
+  _check(total > 0, "attack.fraction", at.fraction,
          f"makes round(fraction * fl.num_clients={fl.num_clients}) = 0 clients malicious: "
-         "use a larger fraction (or 0 for none)")
-  # What the aggregator tolerates: m malicious clients in a round of c (all malicious sampled).
-  c = fl.clients_per_round
-  m = min(total, c)
-  if m == 0 or ag.name in ("mean", "stacked_mean", "norm_bound"):
+         "use a larger fraction (or attack.kind=none)")
+  # What the aggregator must tolerate: the malicious clients a round holds when every
+  # client reports, all of them if every client takes part, else the expected number
+  # rounded up (a round may draw more: the aggregator's guarantee is then void).
+  c, n = fl.clients_per_round, fl.num_clients
+  m = total if c >= n else min(c, math.ceil(total * c / n))
+  what = f"the {m} malicious clients " + (
+      f"of attack.fraction={at.fraction}" if c >= n else
+      f"a round of {c} holds on average (attack.fraction={at.fraction} of {n})")
+  if ag.name in ("mean", "stacked_mean", "norm_bound"):
     return  # the mean tolerates nothing (the baseline); norm bounding has no breakdown point
+  impossible = f"no setting can: lower attack.fraction or raise fl.clients_per_round={c}"
   if ag.name in ("krum", "multikrum"):
     _check(ag.num_byzantine >= m, "aggregator.num_byzantine", ag.num_byzantine,
-           f"Krum must tolerate the {m} malicious clients of attack.fraction={at.fraction}: "
-           f"use f >= {m} (with 2f + 2 < fl.clients_per_round={c})")
+           f"Krum must tolerate {what}: "
+           + (f"use f >= {m} (with 2f + 2 < fl.clients_per_round={c})" if 2 * m + 2 < c
+              else impossible))
   elif ag.name == "trimmed_mean":
     drop = math.floor(ag.trim_fraction * c)
+    least = math.ceil(m / c * 1e4) / 1e4  # printed rounded up: floor(least * c) >= m
     _check(drop >= m, "aggregator.trim_fraction", ag.trim_fraction,
-           f"trims {drop} of {c} clients at each end, fewer than the {m} malicious ones of "
-           f"attack.fraction={at.fraction}: use trim_fraction >= {m / c:g} (< 0.5)")
+           f"trims {drop} of {c} clients at each end, fewer than {what}: "
+           + (f"use trim_fraction >= {least:g} (< 0.5)" if 2 * m < c else impossible))
   else:  # median, geometric_median: breakdown point 1/2
     _check(2 * m < c, "attack.fraction", at.fraction,
-           f"{ag.name} tolerates fewer than half of the clients: {m} of {c} are malicious")
+           f"{ag.name} tolerates fewer than half of a round's {c} clients, not {what}")
 
 
 PRIVACY_LEVELS = ("none", "record", "client")

@@ -27,7 +27,8 @@ they do. Honest clients are never touched. Two families:
   ``alie`` and ``ipm`` are *omniscient and colluding*, as in their papers: the
   malicious clients know this round's honest updates (``mu``, ``sigma``: the
   unweighted mean and standard deviation over the round's honest clients that
-  reported) and all send the same vector. ``z_max`` is Baruch et al.'s
+  reported; sigma the population standard deviation) and all send the same
+  vector. ``z_max`` is Baruch et al.'s
   ``Phi^-1((n - s) / n)`` with ``s = floor(n / 2 + 1) - m`` for ``n`` clients
   of which ``m`` are malicious in this round (counted in the round: padding,
   dropout and failures vary it).
@@ -139,7 +140,12 @@ def poison_data(attack: Attack, clients: types.ClientBatch) -> types.ClientBatch
 
 
 def alie_z(n: types.Array, m: types.Array) -> types.Array:
-  """Baruch et al.'s ``z_max = Phi^-1((n - s) / n)``, ``s = floor(n / 2 + 1) - m``."""
+  """Baruch et al.'s ``z_max = Phi^-1((n - s) / n)``, ``s = floor(n / 2 + 1) - m``.
+
+  ``(n - s) / n`` is clipped to ``[0.5, 0.999]``: below 0.5 only when ``m = 0`` (no
+  attacker), and 1 (``z = inf``) when the malicious clients are a majority, where
+  ``z`` is capped at ``Phi^-1(0.999) = 3.09``.
+  """
   n = n.astype(jnp.float32)
   s = jnp.floor(n / 2 + 1) - m.astype(jnp.float32)
   p = jnp.clip((n - s) / jnp.maximum(n, 1.0), 0.5, 0.999)  # p < 1/2 only when m = 0
@@ -163,13 +169,16 @@ def poison_updates(attack: Attack, deltas: types.PyTree, malicious: types.Array,
   h = honest.astype(jnp.float32)
   count = jnp.maximum(jnp.sum(h), 1.0)
 
-  def honest_mean(x):
-    hx = h.reshape(h.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+  def honest_mean(x):  # x: [C, -1] (XLA:CPU reduces the flat view far faster)
+    hx = h[:, None].astype(x.dtype)
     return jnp.sum(hx * x, axis=0) / count.astype(x.dtype), hx
 
   def replace(x, bad):
     mal = malicious.reshape(malicious.shape + (1,) * (x.ndim - 1))
     return jnp.where(mal, jnp.broadcast_to(bad, x.shape).astype(x.dtype), x)
+
+  def flat(fn):  # fn on the [C, -1] view of a leaf, the result back in its shape
+    return lambda leaf: fn(leaf.reshape(leaf.shape[0], -1)).reshape(leaf.shape)
 
   if attack.kind == "sign_flip":
     return jax.tree.map(lambda x: replace(x, -s * x), deltas)
@@ -186,7 +195,7 @@ def poison_updates(attack: Attack, deltas: types.PyTree, malicious: types.Array,
       noise.append(replace(x, s * draw))
     return jax.tree.unflatten(treedef, noise)
   if attack.kind == "ipm":
-    return jax.tree.map(lambda x: replace(x, -s * honest_mean(x)[0][None]), deltas)
+    return jax.tree.map(flat(lambda x: replace(x, -s * honest_mean(x)[0][None])), deltas)
   # alie
   n = jnp.sum((weight > 0).astype(jnp.int32))
   m = jnp.sum(malicious.astype(jnp.int32))
@@ -197,7 +206,7 @@ def poison_updates(attack: Attack, deltas: types.PyTree, malicious: types.Array,
     var = jnp.sum(hx * jnp.square(x - mu[None]), axis=0) / count.astype(x.dtype)
     return replace(x, (mu - z.astype(x.dtype) * jnp.sqrt(var))[None])
 
-  return jax.tree.map(alie, deltas)
+  return jax.tree.map(flat(alie), deltas)
 
 
 def update_norms(deltas: types.PyTree, weight: types.Array) -> types.Array:

@@ -29,18 +29,25 @@ from fedjax_med.algorithms import RoundPlan, aggregators, attacks, fedavg
 from fedjax_med.data import synthetic
 from tests import testing
 
-ROUND_C = 8  # slots; slot 3 is a padding client (weight 0)
-BAD = (1, 5)  # the malicious clients' ids
+ROUND_C = 8  # slots of a round
+FEDERATION = 16  # N: clients in the federation (ids 0..15), sampled 7 a round
+# Slot -> client id: scattered (a slot is not its client's id); slot 3 is padding (-1).
+IDS = (9, 1, 12, -1, 5, 14, 11, 7)
+DROPPED = 6  # slot 6 (client 11, malicious) dropped out: weight 0, no data
+BAD = (1, 5, 11)  # malicious ids: slots 1 and 4 report, slot 6 does not
+BAD_SLOTS = (1, 4)
 
 
 def round_clients(r: int):
-  clients = testing.make_clients(num_clients=ROUND_C, seed=r)
-  return clients._replace(client_id=np.arange(ROUND_C, dtype=np.int32))
+  clients = testing.make_clients(num_clients=ROUND_C, seed=r)  # slot 3 weight 0
+  weight, mask = clients.weight.copy(), clients.mask.copy()
+  weight[DROPPED], mask[DROPPED] = 0.0, False
+  return clients._replace(client_id=np.asarray(IDS, np.int32), weight=weight, mask=mask)
 
 
 def attack(kind, scale=0.0, malicious=BAD):
-  return attacks.Attack(kind, tuple(malicious), ROUND_C, float(scale or attacks.DEFAULT_SCALE[kind]),
-                        testing.K)
+  return attacks.Attack(kind, tuple(malicious), FEDERATION,
+                        float(scale or attacks.DEFAULT_SCALE[kind]), testing.K)
 
 
 # --- the slow reference ---
@@ -64,8 +71,9 @@ def client_delta(params, clients, c, flip=False):
 def reference_round(kind, scale, params, clients):
   """FedAvg (server SGD lr 1) with the malicious clients' labels or deltas replaced."""
   real = [c for c in range(ROUND_C) if clients.weight[c] > 0]
-  bad = [c for c in real if c in BAD]
-  honest = [c for c in real if c not in BAD]
+  bad = [c for c in real if IDS[c] in BAD]  # by client id, not by slot
+  honest = [c for c in real if IDS[c] not in BAD]
+  assert bad == list(BAD_SLOTS) and len(real) == 6
   deltas = {c: client_delta(params, clients, c, flip=(kind == "label_flip" and c in bad))
             for c in real}
   s = scale or attacks.DEFAULT_SCALE[kind]
@@ -87,7 +95,7 @@ def reference_round(kind, scale, params, clients):
 def run_rounds(atk, rounds=2, *, aggregator="mean", chunk_size=None, mesh=None,
                batch_fn=round_clients):
   alg = fedavg(testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0),
-               plan=RoundPlan(num_clients=ROUND_C, aggregator=aggregators.get(aggregator),
+               plan=RoundPlan(num_clients=FEDERATION, aggregator=aggregators.get(aggregator),
                               chunk_size=chunk_size, attack=atk))
   state = alg.init(testing.make_params(), jax.random.PRNGKey(0))
   if mesh is None:
@@ -115,10 +123,11 @@ def test_round_matches_the_python_reference(kind, scale):
   chex.assert_trees_all_close(state.params, want, rtol=2e-5, atol=2e-6)
   if kind != "label_flip":  # the update norms reported are those of what was sent
     sent = np.asarray(m.update_norm)
-    assert sent[3] == 0  # padding
-    honest = run_rounds(None, rounds=1)[1].update_norm
-    np.testing.assert_allclose(sent[[0, 2, 4, 6, 7]], np.asarray(honest)[[0, 2, 4, 6, 7]],
-                               rtol=1e-6)
+    assert sent[3] == sent[DROPPED] == 0  # padding, dropped out
+    honest = np.asarray(run_rounds(None, rounds=1)[1].update_norm)
+    np.testing.assert_allclose(sent[[0, 2, 5, 7]], honest[[0, 2, 5, 7]], rtol=1e-6)
+    if not (kind == "sign_flip" and scale == 0):  # -1 x delta keeps the norm
+      assert not np.allclose(sent[list(BAD_SLOTS)], honest[list(BAD_SLOTS)])
 
 
 def test_attack_on_nobody_equals_plain_fedavg():
@@ -172,9 +181,11 @@ def test_alie_z_is_baruchs(n, m):
 def test_label_flip_only_touches_the_malicious_reporting_clients():
   clients = round_clients(0)
   out = attacks.poison_data(attack("label_flip"), clients)
-  for c in range(ROUND_C):
-    want = testing.K - 1 - clients.label[c] if c in BAD else clients.label[c]
+  for c in range(ROUND_C):  # slot 6 holds malicious client 11, dropped out: untouched
+    want = testing.K - 1 - clients.label[c] if c in BAD_SLOTS else clients.label[c]
     np.testing.assert_array_equal(out.label[c], want)
+  slots = attacks.malicious_slots(attack("label_flip"), clients.client_id, clients.weight)
+  np.testing.assert_array_equal(np.flatnonzero(slots), BAD_SLOTS)
 
 
 @pytest.mark.parametrize("kind", ["label_flip", "sign_flip", "alie", "gaussian"])
@@ -192,7 +203,7 @@ def test_median_resists_what_breaks_the_mean():
     hit = run_rounds(attack("scaling", 100.0), rounds=3, aggregator=agg)[0].params
     dist = max(float(np.abs(hit[k] - honest[k]).max()) for k in hit)
     if agg == "mean":
-      assert dist > 1.0, dist  # 2 of 7 clients scaled 100x move the mean far
+      assert dist > 1.0, dist  # 2 of 6 reporting clients scaled 100x move the mean far
     else:
       assert dist < 0.2, dist  # the median stays among the honest deltas
 
@@ -205,7 +216,7 @@ def test_plan_errors():
     fedavg(testing.linear_loss, optax.sgd(0.1), optax.sgd(1.0),
            plan=RoundPlan(num_clients=ROUND_C, attack=attack("sign_flip"),
                           client_dp=dp_fedavg.ClientDP(1.0, 4.0, 1.0)))
-  with pytest.raises(ValueError, match="attack is on 8 clients but plan.num_clients=0"):
+  with pytest.raises(ValueError, match="attack is on 16 clients but plan.num_clients=0"):
     fedavg(testing.linear_loss, optax.sgd(0.1), optax.sgd(1.0),
            plan=RoundPlan(attack=attack("sign_flip")))
   with pytest.raises(ValueError, match="unknown attack kind"):
@@ -230,12 +241,18 @@ def validated(**overrides):
     ({"attack.kind": "label_flip", "attack.fraction": 0.2, "attack.scale": 1.0},
      r"label_flip takes no scale"),
     ({"attack.kind": "sign_flip", "attack.fraction": 0.01}, r"= 0 clients malicious"),
+    ({"attack.kind": "alie"}, r"attack\.fraction=0\.0.*= 0 clients malicious"),
+    ({"attack.scale": 2.0}, r"attack\.scale=2\.0.*needs an attack"),
+    ({"attack.kind": "sign_flip", "attack.fraction": 0.4, "aggregator.name": "krum"},
+     r"4 malicious.*no setting can"),
+    ({"attack.kind": "sign_flip", "attack.fraction": 0.5, "aggregator.name": "median",
+      "fl.num_clients": 100}, r"5 malicious clients a round of 10 holds on average"),
     ({"attack.kind": "sign_flip", "attack.fraction": 0.2, "aggregator.name": "krum"},
      r"num_byzantine=1.*2 malicious.*f >= 2"),
     ({"attack.kind": "sign_flip", "attack.fraction": 0.3, "aggregator.name": "trimmed_mean"},
      r"trim_fraction=0\.1.*trim_fraction >= 0\.3"),
     ({"attack.kind": "sign_flip", "attack.fraction": 0.5, "aggregator.name": "median"},
-     r"median tolerates fewer than half.*5 of 10"),
+     r"median tolerates fewer than half of a round's 10 clients, not the 5 malicious"),
     ({"attack.kind": "sign_flip", "attack.fraction": 0.2, "algorithm.name": "local"},
      r"no federated round to attack"),
 ])
@@ -251,6 +268,10 @@ def test_config_accepts_tolerated_attacks():
                "aggregator.trim_fraction": 0.3})
   validated(**{"attack.kind": "ipm", "attack.fraction": 0.4, "aggregator.name": "median"})
   validated(**{"attack.kind": "scaling", "attack.fraction": 0.9})  # the mean tolerates nothing
+  # 10 of 100 malicious, 10 a round: one on average, which the median and Krum tolerate
+  for name in ("median", "krum", "geometric_median"):
+    validated(**{"attack.kind": "alie", "attack.fraction": 0.1, "fl.num_clients": 100,
+                 "aggregator.name": name})
 
 
 def test_client_dp_refuses_model_poisoning_but_not_label_flip():
