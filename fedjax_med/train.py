@@ -128,20 +128,17 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
         first_round_s = time.time() - t_start
         log.info("first round done %.1f s after start (compile included)", first_round_s)
       if drops["all_dropped"]:
-        log.warning("round %d: every one of the %d sampled clients dropped out or failed; "
-                    "the model is unchanged", r + 1, drops["dropped_clients"])
-      # The loss is measured before each step: check the new state too, so that a
-      # non-finite model is never evaluated or saved. Clients whose loss or update was
-      # non-finite were dropped in the round; the global loss is non-finite (and the run
-      # stops, as a diverging one) when every client that reported failed.
-      loss_ok = train_loss is None or math.isfinite(train_loss)
-      what = (f"training loss ({train_loss})" if not loss_ok else
-              None if bool(state_finite(state)) else "model or optimizer state")
+        log.warning("round %d: every one of the %d sampled clients dropped out or failed "
+                    "(%d failed: a non-finite loss or update; if every round fails, lower "
+                    "fl.client_lr); the round changes nothing%s", r + 1,
+                    drops["dropped_clients"], drops["failed_clients"],
+                    " but the DP noise" if exp.plan.client_dp is not None else "")
+      # Clients whose loss or update was non-finite were dropped in the round (a round
+      # where every client failed changes nothing, is logged above and the run goes on).
+      # The loss is measured before each step: check the new global state too, so that a
+      # non-finite model is never evaluated or saved; that stops the run.
+      what = None if bool(state_finite(state)) else "model or optimizer state"
       if what:
-        if not loss_ok:  # every client failed: the record says so (the model is unchanged)
-          record({"round": r + 1, "split": "train", "loss": train_loss,
-                  "dropped_clients": drops["dropped_clients"],
-                  "failed_clients": drops["failed_clients"], "all_dropped": True})
         last = ckpt.latest_round()
         kept = (f"The last good checkpoint (round {last}) is kept in {ckpt.directory}."
                 if last is not None else "No checkpoint had been saved yet.")
@@ -297,15 +294,13 @@ def _drops(exp: experiment.Experiment, round_idx: int, batch: types.ClientBatch,
           "all_dropped": bool(sampled.any() and not (sampled & ~dropped).any())}
 
 
-def _mean_loss(m: types.RoundMetrics, drops: dict | None = None) -> float:
-  """The mean step loss of the clients that counted: NaN if every client that reported
-  failed (the run stops), None if all sampled clients dropped out, 0 with no client."""
+def _mean_loss(m: types.RoundMetrics, drops: dict | None = None) -> float | None:
+  """The mean step loss of the clients that counted: None if none of the sampled clients
+  counted (all dropped out or failed: the round changed nothing), 0 with no client."""
   loss, steps = np.asarray(m.client_loss), np.asarray(m.client_steps)
   if drops is not None:
     counted = ~(drops["dropped_out"] | drops["failed"])
     loss, steps = loss[counted], steps[counted]
-    if drops["failed"].any() and steps.sum() == 0:
-      return math.nan
     if drops["all_dropped"]:
       return None
   if steps.sum() == 0:

@@ -164,9 +164,10 @@ def test_train_loss_counts_only_the_clients_that_reported():
   drops = train._drops(Exp(), 0, batch, m)
   assert (drops["dropped_clients"], drops["failed_clients"], drops["all_dropped"]) == (2, 1, False)
   assert train._mean_loss(m, drops) == 2.0  # client 0 alone: (1 + 3) / 2
-  # every client that reported failed: the global loss is non-finite (the run stops)
+  # every client that reported failed: no loss (the round changed nothing; the run goes on)
   m2 = m._replace(dropped=np.array([True, False, True, False]))
-  assert np.isnan(train._mean_loss(m2, train._drops(Exp(), 0, batch, m2)))
+  d2 = train._drops(Exp(), 0, batch, m2)
+  assert d2["all_dropped"] and train._mean_loss(m2, d2) is None
   # every sampled client dropped out: no loss, and the record says so
   m3 = m._replace(client_steps=np.zeros(4, int), client_loss=np.zeros((4, 2)),
                   dropped=np.zeros(4, bool))

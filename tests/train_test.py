@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from fedjax_med import compression, errors, experiment, metrics, train
+from fedjax_med import checkpoint, compression, errors, experiment, metrics, train
 from fedjax_med.algorithms import registry
 
 
@@ -103,24 +103,34 @@ def test_resume_of_finished_run_rewrites_summary(data_root, tmp_path):
   assert json.load(open(tmp_path / "summary.json"))["test"] == first["test"]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
-  config = small_config(data_root, **{"ckpt.every": 1})
+def test_a_round_where_every_client_fails_changes_nothing_and_the_run_goes_on(
+    data_root, tmp_path, monkeypatch, caplog):
+  config = small_config(data_root, **{"ckpt.every": 1, "ckpt.keep": 4})
   real_batch = experiment.Experiment.make_batch
 
   def poisoned(self, round_idx, **kw):
     batch = real_batch(self, round_idx, **kw)
-    if round_idx == 2:
+    if round_idx == 2:  # every client's images NaN: every loss and update of round 3 too
       image = batch.image.astype(np.float32)
       image[:] = np.nan
       batch = batch._replace(image=image)
     return batch
 
   monkeypatch.setattr(experiment.Experiment, "make_batch", poisoned)
-  with pytest.raises(errors.NonFiniteLossError, match="round 3"):
-    train.train_and_evaluate(config, str(tmp_path))
-  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-  assert steps[-1] == 2
-  assert not os.path.exists(tmp_path / "summary.json")
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.round) == 4 and os.path.exists(tmp_path / "summary.json")
+  assert "round 3: every one of the 4 sampled clients dropped out or failed (4 failed" in (
+      caplog.text)
+  train_lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")
+                 if '"split": "train"' in x]
+  third = train_lines[2]
+  assert third["round"] == 3 and third["all_dropped"] and third["failed_clients"] == 4
+  assert third["loss"] is None and third["pseudo_grad_norm"] == 0
+  # the model after round 3 is the model after round 2
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=4)
+  after2, after3 = ckpt.restore(state, 2), ckpt.restore(state, 3)
+  chex.assert_trees_all_equal(after2.params, after3.params)
+  assert json.load(open(tmp_path / "summary.json"))["failed_clients"] == 4
 
 
 @pytest.mark.parametrize(
