@@ -79,7 +79,7 @@ def get_study(preset: str = "cpu") -> Study:
       report=ReportSpec(
           table=("data", "setting"),
           metrics=(*SELECTED, "test.accuracy", "privacy.epsilon", "privacy.noise_multiplier",
-                   "sites.balanced_accuracy.mean", "wall_time_s"),
+                   "sites.balanced_accuracy.mean", "heterogeneity.label_tv_mean", "wall_time_s"),
           paired=Paired(reference={"setting": "none"}, metrics=SELECTED),
           figures=(BarFigure(x="setting", color="data", metrics=SELECTED),)),
       description=__doc__,

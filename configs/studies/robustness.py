@@ -101,7 +101,9 @@ def get_study(preset: str = "cpu") -> Study:
       seeds=(0, 1, 2, 3, 4), fixed=fixed,
       report=ReportSpec(
           table=("data", "partition", "attack", "aggregator"),
-          metrics=(*SELECTED, "test.accuracy", "relative.drop", "wall_time_s"),
+          metrics=(*SELECTED, "test.accuracy", "relative.drop", "sites.balanced_accuracy.mean",
+                   "sites.balanced_accuracy.worst", "heterogeneity.label_tv_mean",
+                   "wall_time_s"),
           relative=Relative(axis="attack", reference="none"),
           paired=(Paired(reference={"attack": "none"}, metrics=SELECTED),
                   Paired(reference={"aggregator": "mean"}, metrics=SELECTED)),

@@ -50,8 +50,8 @@ LABELS = {
     "analysis.trace": "Hessian trace",
     "analysis.eps_sharpness": "ε-sharpness (%)",
     "gap.loss": "gen. gap (loss)",
-    "relative.accuracy": "acc / centralized acc",
-    "relative.drop": "acc drop vs centralized",
+    "relative.accuracy": "acc / reference acc",  # ReportSpec.relative names the reference
+    "relative.drop": "acc drop vs reference",
 }
 # Short names of the last component of other metric paths, e.g.
 # ``selected.last3.test.balanced_accuracy`` -> ``selected.last3.test bal. acc``.
