@@ -3,9 +3,6 @@ gradients are the library's (the ladder and the contracted variant time the same
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,8 +14,6 @@ from fedjax_med.algorithms import local
 from fedjax_med.privacy import dp_sgd
 from fedjax_med.privacy import plan as privacy_plan
 from tests.testing import unoptimized_compiles
-
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _step_inputs(model="cnn_tiny", batch=4, real=3):
@@ -91,17 +86,3 @@ def test_quick_run_prints_finite_ratios_last(capsys):
   for key in ("backend", "device_count", "jax_version"):
     assert key in line, key
 
-
-def test_imports_without_clu_or_ml_collections():
-  # As the other benches (tests/bench_test.py): runnable where neither is installed.
-  code = (
-    "import runpy, sys; runpy.run_path(sys.argv[1], run_name='not_main'); "
-    "bad = [m for m in ('clu', 'ml_collections') if m in sys.modules]; "
-    "sys.exit(f'imported {bad}' if bad else 0)"
-  )
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  path = os.path.join(_REPO, "bench", "privacy_speed.py")
-  proc = subprocess.run(
-    [sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=120
-  )
-  assert proc.returncode == 0, proc.stderr[-2000:]

@@ -11,7 +11,8 @@ from bench import algorithm_speed, cohort, round_speed, workload, zoo
 from tests.testing import unoptimized_compiles
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SCRIPTS = ("round_speed.py", "algorithm_speed.py", "zoo.py", "analysis_speed.py")
+_SCRIPTS = ("round_speed.py", "algorithm_speed.py", "zoo.py", "analysis_speed.py",
+            "privacy_speed.py", "aggregator_speed.py")
 
 
 def _last_json(capsys) -> dict:

@@ -10,12 +10,16 @@
 - **Toy objectives** for the analysis tests (``mlp_*``, ``quadratic``...).
 - **Real data**: ``real_root`` / ``require`` find the official MedMNIST files or skip.
 - **Forged files**: ``write_npz_declaring`` writes an ``.npz`` whose ``.npy`` header lies.
+- **End to end**: ``tiny_run_config`` (cnn_tiny on a synthetic PneumoniaMNIST file, 5
+  sites) and ``assert_cli_refuses`` (the training CLI exits 2 with one line, writing nothing).
 """
 
 import contextlib
 import functools
 import io
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -290,3 +294,39 @@ def unoptimized_compiles():
     jax.clear_caches()
     for k, v in old.items():
       jax.config.update(k, v)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_run_config(tmp_path, **overrides):
+  """A config that trains cnn_tiny on 5 sites of a small synthetic PneumoniaMNIST file
+  (written under ``tmp_path/data``) for one round of 2 steps, evaluating every round."""
+  from configs import base as base_config  # ml_collections: not for every test module
+  from fedjax_med.data import synthetic
+
+  synthetic.write_npz(tmp_path / "data" / "pneumoniamnist.npz", name="pneumoniamnist",
+                      n_train=120, n_val=30, n_test=30)
+  return base_config.apply(base_config.get_config(), {
+      "data.root": str(tmp_path / "data"), "data.download": False, "data.verify_md5": False,
+      "model.name": "cnn_tiny", "partition.min_size": 5, "fl.rounds": 1, "fl.num_clients": 5,
+      "fl.clients_per_round": 5, "fl.local_steps": 2, "fl.batch_size": 8, "eval.every": 1,
+      "eval.batch_size": 32, "ckpt.every": 1, "log.progress": "none", **overrides})
+
+
+def assert_cli_refuses(tmp_path, *flags: str) -> str:
+  """Runs ``launch/main.py --config=configs/quickstart.py`` with ``flags`` in
+  ``tmp_path/run``; asserts exit code 2, one ``error:`` line and nothing written.
+
+  Returns:
+    The error line.
+  """
+  res = subprocess.run(
+      [sys.executable, str(REPO / "launch" / "main.py"), "--config=configs/quickstart.py",
+       f"--workdir={tmp_path / 'run'}", *flags],
+      capture_output=True, text=True, cwd=REPO, timeout=300,
+      env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert res.returncode == 2, res.stderr
+  assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+  assert not (tmp_path / "run").exists()
+  return res.stderr

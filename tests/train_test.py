@@ -60,6 +60,24 @@ class Killed(Exception):
   pass
 
 
+def killed_then_resumed(config, workdir, monkeypatch):
+  """Runs ``config`` in ``workdir``, killed during round 4 (after the checkpoint at round
+  2): no summary is written; then reruns it there. Returns the resumed final state."""
+  real_batch = experiment.Experiment.make_batch
+
+  def dying_batch(self, round_idx, **kw):
+    if round_idx == 3:
+      raise Killed()
+    return real_batch(self, round_idx, **kw)
+
+  monkeypatch.setattr(experiment.Experiment, "make_batch", dying_batch)
+  with pytest.raises(Killed):
+    train.train_and_evaluate(config, str(workdir))
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  monkeypatch.setattr(experiment.Experiment, "make_batch", real_batch)
+  return train.train_and_evaluate(config, str(workdir))
+
+
 @pytest.mark.parametrize("algorithm", ["fedavg", "centralized"])
 def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch, algorithm):
   overrides = {"algorithm.name": algorithm}
@@ -67,20 +85,7 @@ def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch, 
     overrides.update({"fl.num_clients": 1, "fl.clients_per_round": 1, "partition.kind": "iid"})
   config = small_config(data_root, **overrides)
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
-
-  real_batch = experiment.Experiment.make_batch
-
-  def dying_batch(self, round_idx, **kw):
-    if round_idx == 3:  # dies during round 4, after the checkpoint at round 2
-      raise Killed()
-    return real_batch(self, round_idx, **kw)
-
-  monkeypatch.setattr(experiment.Experiment, "make_batch", dying_batch)
-  with pytest.raises(Killed):
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  assert not os.path.exists(tmp_path / "resumed" / "summary.json")
-  monkeypatch.setattr(experiment.Experiment, "make_batch", real_batch)
-  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = killed_then_resumed(config, tmp_path / "resumed", monkeypatch)
 
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
   log_full = metrics.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
@@ -186,18 +191,7 @@ def test_swa_wraps_any_algorithm_and_resumes(data_root, tmp_path, monkeypatch):
                                       "algorithm.swa_fraction": 0.5})
   full = train.train_and_evaluate(config, str(tmp_path / "a"))
   assert int(full.swa_count) == 2  # rounds 3 and 4 of 4
-  real_batch = experiment.Experiment.make_batch
-
-  def dying_batch(self, round_idx, **kw):
-    if round_idx == 3:
-      raise Killed()
-    return real_batch(self, round_idx, **kw)
-
-  monkeypatch.setattr(experiment.Experiment, "make_batch", dying_batch)
-  with pytest.raises(Killed):
-    train.train_and_evaluate(config, str(tmp_path / "b"))
-  monkeypatch.setattr(experiment.Experiment, "make_batch", real_batch)
-  resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
+  resumed = killed_then_resumed(config, tmp_path / "b", monkeypatch)
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
 
 

@@ -10,10 +10,6 @@ mean, and the configuration errors.
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import chex
 import jax
@@ -26,7 +22,6 @@ from configs import base as base_config
 from fedjax_med import config as config_lib
 from fedjax_med import errors, sharding
 from fedjax_med.algorithms import RoundPlan, aggregators, attacks, fedavg
-from fedjax_med.data import synthetic
 from tests import testing
 
 ROUND_C = 8  # slots of a round
@@ -283,31 +278,18 @@ def test_client_dp_refuses_model_poisoning_but_not_label_flip():
 
 
 def test_cli_exits_2_with_one_line_before_writing(tmp_path):
-  repo = Path(__file__).resolve().parents[2]
-  res = subprocess.run(
-      [sys.executable, str(repo / "launch" / "main.py"), "--config=configs/quickstart.py",
-       f"--workdir={tmp_path / 'run'}", "--config.attack.kind=alie",
-       "--config.attack.fraction=0.6", "--config.aggregator.name=median"],
-      capture_output=True, text=True, cwd=repo, timeout=300,
-      env={**os.environ, "PYTHONPATH": str(repo)})
-  assert res.returncode == 2, res.stderr
-  assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
-  assert "attack.fraction=0.6" in res.stderr
-  assert not (tmp_path / "run").exists()
+  err = testing.assert_cli_refuses(tmp_path, "--config.attack.kind=alie",
+                                   "--config.attack.fraction=0.6", "--config.aggregator.name=median")
+  assert "attack.fraction=0.6" in err
 
 
 @pytest.mark.slow
 def test_training_records_the_attack(tmp_path):
   from fedjax_med import train
 
-  synthetic.write_npz(tmp_path / "data" / "pneumoniamnist.npz", name="pneumoniamnist",
-                      n_train=120, n_val=30, n_test=30)
-  config = base_config.apply(base_config.get_config(), {
-      "data.root": str(tmp_path / "data"), "data.download": False, "data.verify_md5": False,
-      "model.name": "cnn_tiny", "partition.min_size": 5, "fl.rounds": 2, "fl.num_clients": 5,
-      "fl.clients_per_round": 5, "fl.local_steps": 2, "fl.batch_size": 8, "eval.every": 1,
-      "eval.batch_size": 32, "ckpt.every": 1, "log.progress": "none",
-      "attack.kind": "sign_flip", "attack.fraction": 0.4, "aggregator.name": "median"})
+  config = testing.tiny_run_config(tmp_path, **{
+      "fl.rounds": 2, "attack.kind": "sign_flip", "attack.fraction": 0.4,
+      "aggregator.name": "median"})
   workdir = tmp_path / "run"
   train.train_and_evaluate(config, str(workdir))
   summary = json.loads((workdir / "summary.json").read_text())

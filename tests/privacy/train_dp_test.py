@@ -14,7 +14,7 @@ import pytest
 from fedjax_med import algorithms, errors, experiment, metrics, train
 from fedjax_med.privacy import dp_fedavg, dp_sgd
 from tests.testing import LR, linear_loss, make_clients, make_params
-from tests.train_test import Killed, small_config
+from tests.train_test import killed_then_resumed, small_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -27,23 +27,6 @@ def independent_epsilon(sigma, q, steps, delta):
   accountant = dp_accounting.rdp.RdpAccountant()
   accountant.compose(event, steps)
   return accountant.get_epsilon(delta)
-
-
-def _killed_then_resumed(config, tmp_path, monkeypatch):
-  """Runs ``config`` in tmp_path/resumed, killed during round 4 (after the checkpoint of
-  round 2), then reruns it there: the resumed final state."""
-  real_batch = experiment.Experiment.make_batch
-
-  def dying_batch(self, round_idx, **kw):
-    if round_idx == 3:
-      raise Killed()
-    return real_batch(self, round_idx, **kw)
-
-  monkeypatch.setattr(experiment.Experiment, "make_batch", dying_batch)
-  with pytest.raises(Killed):
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(experiment.Experiment, "make_batch", real_batch)
-  return train.train_and_evaluate(config, str(tmp_path / "resumed"))
 
 
 def _records(workdir):
@@ -114,7 +97,7 @@ def test_adaptive_client_dp_resumes_exactly(data_root, tmp_path, monkeypatch):
       "privacy.level": "client", "privacy.noise_multiplier": 0.5, "privacy.delta": 1e-3,
       "privacy.target_quantile": 0.5, "privacy.count_noise": 1.0, "fl.clients_per_round": 3})
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
-  resumed = _killed_then_resumed(config, tmp_path, monkeypatch)
+  resumed = killed_then_resumed(config, tmp_path / "resumed", monkeypatch)
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
   logs = []
   for name in ("full", "resumed"):
@@ -203,7 +186,7 @@ def test_bandmf_run_accounts_cycles_samples_cyclically_and_resumes(data_root, tm
       seen[c] = r
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
   assert full.privacy.history is not None
-  resumed = _killed_then_resumed(config, tmp_path, monkeypatch)
+  resumed = killed_then_resumed(config, tmp_path / "resumed", monkeypatch)
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
 
 
