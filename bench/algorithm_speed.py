@@ -10,8 +10,12 @@ and its registry server-optimizer defaults, plus ``fedavg+swa``
 the model has it (e.g. ``--model resnet8_bn``). Same model, data, K clients, S
 local steps of batch B for all; each round is compiled before timing; the
 rounds are timed interleaved (``bench/harness.py``) and each repeat's time is
-divided by that repeat's FedAvg time. Prints a table and, last, one JSON line
-``{"<name>_vs_fedavg": ratio, ...}``.
+divided by that repeat's FedAvg time. FedPer and FedRep keep the model's head
+(``models.head_pattern``) per client. Prints a table, the per-client state each
+algorithm holds for the K clients (``client_store.nbytes``: Ditto, APFL and
+``local`` keep a whole model per client) and, last, one JSON line
+``{"<name>_vs_fedavg": ratio, ..., "client_store_bytes": {...}}``. Ditto runs two
+local trainings per client: the issue's bound is 2.2x FedAvg's round.
 """
 
 from __future__ import annotations
@@ -37,15 +41,19 @@ def names(batchnorm: bool) -> list[str]:
   return [n for n in rows if batchnorm or n != "fedbn"] + ["fedavg+swa"]
 
 
-def build(name: str, loss_fn, plan: algorithms.RoundPlan) -> types.FederatedAlgorithm:
+def build(name: str, loss_fn, plan: algorithms.RoundPlan,
+          model_name: str = "cnn") -> types.FederatedAlgorithm:
   """``name`` with its registry defaults; ``fedavg+swa`` averages from round 1."""
   if name == "fedavg+swa":
     return algorithms.swa(build("fedavg", loss_fn, plan), start_round=1)
-  server = registry.get(name).server
+  entry = registry.get(name)
+  server = entry.server
+  head = (algorithms.personal.matcher(models.head_pattern(model_name))
+          if entry.personal == "head" else None)
   return registry.build(
     name, loss_fn, optimizers.client(CLIENT_LR),
     optimizers.server(server.opt, server.lr, server.momentum, server.eps),
-    plan=plan, client_lr=CLIENT_LR,
+    plan=plan, client_lr=CLIENT_LR, is_local=head,
   )
 
 
@@ -72,10 +80,13 @@ def main(argv=None) -> dict:
   params = tasks.init_variables(model, jax.random.key(0), workload.IMAGE_SHAPE)
   batch = jax.device_put(workload.make_round_batch(args.k, args.steps, args.batch))
   plan = algorithms.RoundPlan(num_clients=args.k, chunk_size=chunk)
-  runs, compile_s = {}, {}
+  runs, compile_s, store = {}, {}, {}
   for name in names(getattr(model, "norm", None) == "batch"):
-    alg = build(name, loss_fn, plan)
+    alg = build(name, loss_fn, plan, args.model)
     state = alg.init(params, jax.random.key(1))
+    inner = getattr(state, "inner", state)  # SWA wraps the state
+    store[name] = (0 if inner.client_state is None
+                   else algorithms.client_store.nbytes(inner.client_state))
     fn, compile_s[name] = harness.compile_ahead(alg.round, state, batch)
     runs[name] = lambda fn=fn, state=state: fn(state, batch)
   timings = harness.interleave(runs, args.repeats)
@@ -83,12 +94,15 @@ def main(argv=None) -> dict:
   harness.log(f"model={args.model} K={args.k} S={args.steps} B={args.batch} "
               f"chunk={workload.chunk_name(chunk)} repeats={args.repeats}; "
               f"{harness.describe_environment(env)}\n"
-              + harness.ratio_table(timings, "fedavg", compile_s, "algorithm"))
+              + harness.ratio_table(timings, "fedavg", compile_s, "algorithm")
+              + "\nper-client state for the K clients (MiB): "
+              + ", ".join(f"{n} {b / 2**20:.2f}" for n, b in store.items() if b))
   result = {f"{n}_vs_fedavg": round(timings.ratio(n, "fedavg"), 3) for n in runs}
   result.update(model=args.model, k=args.k, steps=args.steps, batch=args.batch,
                 chunk=workload.chunk_name(chunk), repeats=args.repeats,
                 seconds={n: round(timings.median(n), 4) for n in runs},
                 compile_s={n: round(s, 2) for n, s in compile_s.items()},
+                client_store_bytes=store,
                 **env)
   return harness.emit_json(result)
 

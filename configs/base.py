@@ -139,6 +139,16 @@ def get_config() -> ml_collections.ConfigDict:
   # this validation metric (auc | balanced_accuracy | accuracy | loss), never test.
   c.eval.select_on = "auc"
 
+  # Personalization (README "Personalization"). layers: a regular expression searched in
+  # every parameter's "/"-joined path (e.g. "params/Dense_1/") naming the layers each client
+  # keeps for itself, for the algorithms that keep layers (fedbn: default the BatchNorm
+  # leaves; fedper / fedrep: default the model's classifier head); "" = the default.
+  # finetune_steps > 0: after training, every site fine-tunes its model (its own, else the
+  # global one) for that many local steps on its own training share at finetune_lr
+  # (0 = fl.client_lr) before its held-out test: summary.json "sites_finetuned".
+  c.personal = ml_collections.ConfigDict({"layers": "", "finetune_steps": 0,
+                                          "finetune_lr": 0.0})
+
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 10  # rounds between checkpoints (and always at the end)
   c.ckpt.keep = 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import re
 
 import ml_collections
 
@@ -260,6 +261,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "eval.site_holdout", ev.site_holdout, "must be in [0, 0.9] (0 = no per-site test share)")
   _check(ev.select_on in SELECT_ON, "eval.select_on", ev.select_on,
          f"choose one of {sorted(SELECT_ON)}")
+  _validate_personal(config, entry)
+
+
+def _validate_personal(config: ml_collections.ConfigDict, entry) -> None:
+  """``config.personal``: the personal layers and the fine-tuning before the per-site test."""
+  pe, name = config.personal, config.algorithm.name
+  keeps = [n for n, e in algorithm_registry.ENTRIES.items() if e.personal]
+  if pe.layers:
+    _check(bool(entry.personal), "personal.layers", pe.layers,
+           f"{name} keeps no layers per client; it applies to {keeps} (or leave it '')")
+    try:
+      re.compile(pe.layers)
+    except re.error as e:
+      _check(False, "personal.layers", pe.layers,
+             f"not a regular expression ({e}); e.g. 'params/Dense_1/'")
+  _check(isinstance(pe.finetune_steps, int) and pe.finetune_steps >= 0, "personal.finetune_steps",
+         pe.finetune_steps, "must be an integer >= 0 (0 = no fine-tuning)")
+  _check(isinstance(pe.finetune_lr, (int, float)) and math.isfinite(pe.finetune_lr)
+         and pe.finetune_lr >= 0, "personal.finetune_lr", pe.finetune_lr,
+         "must be a finite number >= 0 (0 = fl.client_lr)")
+  if pe.finetune_steps:
+    _check(config.eval.site_holdout > 0, "personal.finetune_steps", pe.finetune_steps,
+           "fine-tuning is judged on each site's held-out share: set eval.site_holdout > 0")
+    _check(config.privacy.level == "none", "personal.finetune_steps", pe.finetune_steps,
+           "fine-tuning on a site's data is outside the privacy accounting: set it to 0 "
+           "with privacy.level != none")
 
 
 def _validate_aggregator(config: ml_collections.ConfigDict, entry) -> None:

@@ -12,11 +12,13 @@ differ. Every client keeps a seeded held-out share of its own partition
 (``partition.holdout``, ``--config.eval.site_holdout``), and ``site_metrics``
 evaluates on it: the global model, or each client's own model where the
 algorithm has one (``FederatedAlgorithm.client_params``: FedBN's own
-BatchNorm, the ``local`` baseline). Under site feature skew the held-out images
-went through the client's own scanner like the rest of its data. The summary
-gives mean, worst and spread (standard deviation) over sites of accuracy,
-balanced accuracy and AUC (AUC is undefined, ``None``, on a share with one
-class; such sites are left out of the AUC mean and worst, and counted).
+BatchNorm, FedPer's head, Ditto's and APFL's personal models, the ``local``
+baseline), or either fine-tuned by the site (``finetune``). Under site feature
+skew the held-out images went through the client's own scanner like the rest of
+its data. The summary gives mean, worst and spread (standard deviation) over
+the sites that trained of accuracy, balanced accuracy and AUC (AUC is
+undefined, ``None``, on a share with one class; such sites are left out of the
+AUC mean and worst, and counted); sites never sampled are summarized apart.
 """
 
 from __future__ import annotations
@@ -92,21 +94,25 @@ def evaluate(eval_fn, params, split: data.Split, batch_size: int) -> dict:
 SITE_METRICS = ("accuracy", "balanced_accuracy", "auc")
 
 
-def summarize_sites(per_site: list[dict]) -> dict:
+def summarize_sites(per_site: list[dict], include: np.ndarray | None = None) -> dict:
   """Mean, worst (minimum) and spread (population std) over sites of each of ``SITE_METRICS``.
 
-  Sites where a metric is undefined (``None``: AUC on a one-class share, any
-  metric on an empty share) are left out of that metric and counted.
+  Only the sites where ``include`` [num_sites] is True count (``None``: all);
+  ``per_site`` lists every site's value. Sites where a metric is undefined
+  (``None``: AUC on a one-class share, any metric on an empty share) are left
+  out of that metric and counted.
   """
+  include = np.ones(len(per_site), bool) if include is None else np.asarray(include, bool)
+  counted = [s for s, keep in zip(per_site, include, strict=True) if keep]
   out = {}
   for name in SITE_METRICS:
-    values = np.asarray([s[name] for s in per_site if s[name] is not None], np.float64)
+    values = np.asarray([s[name] for s in counted if s[name] is not None], np.float64)
     values = values[~np.isnan(values)]
     out[name] = {
         "mean": float(values.mean()) if len(values) else None,
         "worst": float(values.min()) if len(values) else None,
         "spread": float(values.std()) if len(values) else None,
-        "undefined_sites": len(per_site) - len(values),
+        "undefined_sites": len(counted) - len(values),
         "per_site": [None if s[name] is None else round(float(s[name]), 5) for s in per_site],
     }
   return out
@@ -152,23 +158,37 @@ class Evaluator:
     return {s: evaluate(self.eval_fn, params, self.dataset.split(s), self.batch_size)
             for s in names}
 
-  def sites(self, params, client_params: Callable[[int], object] | None = None) -> dict | None:
-    """Per-site metrics on the held-out shares (``summarize_sites`` plus each site's own
-    numbers), of the global model or of each site's own model ``client_params(c)``;
-    ``None`` when no site holds anything out."""
+  def sites(self, model_for: Callable[[int], object], participated: np.ndarray | None = None,
+            *, model: str = "global") -> dict | None:
+    """Per-site metrics on the held-out shares, ``None`` when no site holds anything out.
+
+    Args:
+      model_for: ``site -> params``, the model site ``site`` is tested with (the
+        global model, its own, or one fine-tuned from either).
+      participated: [num_sites] bool, the sites that trained (``None``: all). The
+        summary (mean, worst, spread) is over them; the others, never sampled, are
+        summarized apart under ``never_sampled`` (``None`` when there are none).
+      model: what ``model_for`` gives, recorded as ``model``.
+    """
     if int(self.site_test.sizes.sum()) == 0:
       return None
     bs = self.batch_size
 
     def predict_fn(c, images):
-      own = params if client_params is None else client_params(c)
-      return predict_probs(self.eval_fn, own, images, bs)
+      return predict_probs(self.eval_fn, model_for(c), images, bs)
 
     train = self.dataset.train
     per_site = site_metrics(predict_fn, train.images, train.labels, self.site_test)
+    took_part = (np.ones(len(per_site), bool) if participated is None
+                 else np.asarray(participated, bool))
+    never = ~took_part
     return {
-        "model": "global" if client_params is None else "each site's own",
+        "model": model,
         "sizes": [s["n"] for s in per_site],
-        **summarize_sites(per_site),
+        **summarize_sites(per_site, took_part),
         "recall": [s["recall"] for s in per_site],
+        "never_sampled": ({"sites": np.flatnonzero(never).tolist(),
+                           **{k: {m: v for m, v in d.items() if m != "per_site"}
+                              for k, d in summarize_sites(per_site, never).items()}}
+                          if never.any() else None),
     }

@@ -81,12 +81,7 @@ class Experiment(NamedTuple):
     records at every step (record level, ``privacy.capacity`` slots a step).
     """
     c, fl, dp = self.config, self.config.fl, self.privacy
-    num_clients = self.partition.num_clients
-    if dp is not None and dp.level == "client":
-      client_ids = batching.sample_clients_cyclic_poisson(num_clients, dp.sampling_prob, dp.bands,
-                                                          c.seed, round_idx)
-    else:
-      client_ids = batching.sample_clients(num_clients, fl.clients_per_round, c.seed, round_idx)
+    client_ids = self.sampled_ids(round_idx)
     if dp is not None and dp.level == "record":
       batch = batching.make_poisson_client_batch(
           self.dataset.train.images, self.dataset.train.labels, self.partition, client_ids,
@@ -101,6 +96,31 @@ class Experiment(NamedTuple):
       )
     dropped, stragglers = self.failures(round_idx, batch.client_id)
     return batching.simulate_failures(batch, dropped, stragglers, fl.straggler_steps)
+
+  def sampled_ids(self, round_idx: int) -> np.ndarray:
+    """The clients sampled in round ``round_idx`` (the draw ``make_batch`` makes)."""
+    c, dp = self.config, self.privacy
+    num_clients = self.partition.num_clients
+    if dp is not None and dp.level == "client":
+      return batching.sample_clients_cyclic_poisson(num_clients, dp.sampling_prob, dp.bands,
+                                                    c.seed, round_idx)
+    return batching.sample_clients(num_clients, c.fl.clients_per_round, c.seed, round_idx)
+
+  def participants(self, rounds: int) -> np.ndarray:
+    """[num_sites] bool: the sites that trained in one of the first ``rounds`` rounds (sampled
+    and not dropped out; a client whose result was non-finite is not known here and counts).
+    Every site took part in a centralized run (its share is in the pool)."""
+    sites = self.sites.train.num_clients
+    if not self.federated:
+      return np.ones(sites, bool)
+    seen = np.zeros(sites, bool)
+    for r in range(rounds):
+      ids = self.sampled_ids(r)
+      dropped, _ = self.failures(r, ids)
+      seen[ids[~dropped]] = True
+      if seen.all():
+        break
+    return seen
 
   def failures(self, round_idx: int, client_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(dropped, stragglers)`` [C] bool of round ``round_idx`` (``fl.dropout_rate``,
@@ -154,6 +174,20 @@ def make_server_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTr
   return optimizers.server(fl.server_opt, lr, fl.server_momentum, fl.server_eps)
 
 
+def personal_layers(config: ml_collections.ConfigDict) -> Callable | None:
+  """``is_local(path)`` of the layers each client keeps (``personal.layers``, else the
+  algorithm's default: FedBN's BatchNorm leaves, the model's head for FedPer and FedRep);
+  ``None`` for algorithms that keep no layers."""
+  kind = registry.get(config.algorithm.name).personal
+  if not kind:
+    return None
+  if config.personal.layers:
+    return algorithms.personal.matcher(config.personal.layers)
+  if kind == "head":
+    return algorithms.personal.matcher(models.head_pattern(config.model.name))
+  return algorithms.is_batchnorm_leaf
+
+
 def make_algorithm(
     config: ml_collections.ConfigDict, loss_fn: types.LossFn, plan: algorithms.RoundPlan
 ) -> types.FederatedAlgorithm:
@@ -165,7 +199,8 @@ def make_algorithm(
                                 fl.client_opt)
   hparams = {k: a[name][k] for k in entry.hparams}
   alg = registry.build(name, loss_fn, client_tx, make_server_optimizer(config), plan=plan,
-                       client_lr=fl.client_lr if entry.takes_client_lr else None, **hparams)
+                       client_lr=fl.client_lr if entry.takes_client_lr else None,
+                       is_local=personal_layers(config), **hparams)
   if a.swa:
     alg = algorithms.swa(alg, start_round=swa_start_round(config), period=a.swa_period)
   return alg

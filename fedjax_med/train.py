@@ -24,10 +24,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fedjax_med import batching, checkpoint, experiment, metrics, partition, sharding, types
+from fedjax_med import (
+    batching,
+    checkpoint,
+    experiment,
+    finetune,
+    metrics,
+    partition,
+    sharding,
+    types,
+)
 from fedjax_med import config as config_lib
 from fedjax_med import workdir as workdir_lib
 from fedjax_med.configs import base as base_config
+from fedjax_med.algorithms import client_store, registry
 from fedjax_med.errors import NonFiniteLossError
 from fedjax_med.progress import Progress
 
@@ -192,10 +202,7 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
     if not last:  # resumed an already finished run: evaluate again
       last = [evaluate(state.params, end)[split]]
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
-  own = exp.algorithm.client_params
-  host_state = jax.device_get(state) if own is not None else None
-  sites = exp.evaluator.sites(state.params,
-                              None if own is None else functools.partial(own, host_state))
+  sites = _site_results(exp, state, end)
   target = config.comm.target_accuracy
   reached = [x["round"] for x in records if x["split"] == "test" and x["accuracy"] >= target]
   summary = {
@@ -226,7 +233,13 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       "bytes_up_to_target": comm_bytes(reached[0])["bytes_up"] if reached else None,
       **final,
       "selected": select(records, config.eval.select_on),
-      "sites": sites,
+      # each site's held-out share: "sites" with the model it would use (its own where the
+      # algorithm keeps one), "sites_global" the global model beside a personal one,
+      # "sites_finetuned" after personal.finetune_steps on its own data
+      **sites,
+      # per-client state held for the whole federation (personal models, control variates)
+      "client_store_bytes": (0 if _client_store(state) is None
+                             else client_store.nbytes(_client_store(state))),
       **({} if dp is None else {"privacy": dp.summary(end, jax.device_get(
           getattr(state, "inner", state).privacy))}),  # SWA wraps the state
   }
@@ -235,6 +248,42 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
   ckpt.close()
   log.info("test accuracy %.4f, AUC %.4f", final["test"]["accuracy"], final["test"]["auc"])
   return state
+
+
+def _client_store(state) -> types.ClientState | None:
+  return getattr(state, "inner", state).client_state  # SWA wraps the state
+
+
+def _site_results(exp: experiment.Experiment, state, rounds: int) -> dict:
+  """``sites`` (and ``sites_global``, ``sites_finetuned`` where they apply) of summary.json.
+
+  A site that never trained (partial participation) is tested with the global model
+  (or one fine-tuned from it) and summarized apart (``never_sampled``); so are the
+  ``local`` baseline's, with their own untrained model (there is no global one).
+  """
+  entry = registry.get(exp.config.algorithm.name)
+  took_part = exp.participants(rounds)
+  own = exp.algorithm.client_params
+  host = jax.device_get(state) if own is not None else None
+  global_params = state.params
+  has_global = entry.communicates or not entry.federated  # local has no global model
+
+  def personal_model(c: int):
+    if own is None or (not took_part[c] and has_global):
+      return global_params
+    return own(host, c)
+
+  name = "global" if own is None else "each site's own"
+  out = {"sites": exp.evaluator.sites(personal_model, took_part, model=name)}
+  if own is not None and has_global:
+    out["sites_global"] = exp.evaluator.sites(lambda c: global_params, took_part)
+  steps = exp.config.personal.finetune_steps
+  if steps:
+    tune = finetune.make_finetune_fn(exp, rounds)
+    out["sites_finetuned"] = exp.evaluator.sites(
+        lambda c: tune(personal_model(c), c), took_part,
+        model=f"{name}, fine-tuned {steps} steps on the site's own data")
+  return out
 
 
 SCALARS = ("loss", "accuracy", "balanced_accuracy", "auc")

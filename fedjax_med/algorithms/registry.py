@@ -25,12 +25,16 @@ import optax
 
 from fedjax_med import types
 from fedjax_med.algorithms import base
+from fedjax_med.algorithms.apfl import apfl
 from fedjax_med.algorithms.centralized import centralized
+from fedjax_med.algorithms.ditto import ditto
 from fedjax_med.algorithms.fedavg import fedavg
 from fedjax_med.algorithms.fedbn import fedbn
 from fedjax_med.algorithms.feddyn import feddyn
 from fedjax_med.algorithms.fedexp import fedexp
+from fedjax_med.algorithms.fedper import fedper
 from fedjax_med.algorithms.fedprox import fedprox
+from fedjax_med.algorithms.fedrep import fedrep
 from fedjax_med.algorithms.fedsam import fedsam
 from fedjax_med.algorithms.local_baseline import local_baseline
 from fedjax_med.algorithms.scaffold import scaffold
@@ -44,13 +48,16 @@ class HParam:
   doc: str
   minimum: float = 0.0
   strict: bool = False
+  maximum: float = math.inf
 
   def check(self, value) -> str | None:
     """``None`` if ``value`` is valid, else what is wrong."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value > self.minimum if self.strict else value >= self.minimum):
+    if ok and (value > self.minimum if self.strict else value >= self.minimum) and (
+        value <= self.maximum):
       return None
-    return f"must be a finite number {'>' if self.strict else '>='} {self.minimum:g}"
+    upper = "" if math.isinf(self.maximum) else f" and <= {self.maximum:g}"
+    return f"must be a finite number {'>' if self.strict else '>='} {self.minimum:g}{upper}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +95,12 @@ class Entry:
       (compressed) delta (SCAFFOLD: its control-variate change), counted in bytes.
     takes_client_lr: the builder needs the client learning rate (SCAFFOLD's option II).
     plain_sgd: the method assumes plain local SGD (no momentum or weight decay).
+    personal: the algorithm keeps some layers per client and takes ``is_local``
+      (``--config.personal.layers``): ``"batchnorm"`` (FedBN: they default to
+      the BatchNorm leaves) or ``"head"`` (FedPer, FedRep: the model's classifier
+      head, ``models.head_pattern``); ``""`` = it takes no layer choice.
+    personalized: the algorithm has a personal model per client
+      (``client_params``), evaluated on each site beside the global model.
     privacy: the differential-privacy levels it supports (``privacy.level``):
       ``"record"`` (DP-SGD in every client: its local step is a gradient of the
       loss) and ``"client"`` (DP-FedAvg: the server only sums clipped deltas).
@@ -105,6 +118,8 @@ class Entry:
   extra_uploads: int = 0
   takes_client_lr: bool = False
   plain_sgd: bool = False
+  personal: str = ""
+  personalized: bool = False
   privacy: tuple[str, ...] = ()
 
 
@@ -140,9 +155,26 @@ ENTRIES: Mapping[str, Entry] = MappingProxyType({
     "feddyn": Entry(feddyn, "FedDyn: dynamic regularization (Acar et al. 2021)",
                     hparams=_params(alpha=HParam(0.01, "regularization", strict=True)),
                     stateful=True),
-    "fedbn": Entry(fedbn, "FedBN: BatchNorm layers stay local (Li et al. 2021)", stateful=True),
+    "fedbn": Entry(fedbn, "FedBN: BatchNorm layers stay local (Li et al. 2021)", stateful=True,
+                   personal="batchnorm", personalized=True),
+    "fedper": Entry(fedper, "FedPer: personal classifier head, shared body (Arivazhagan et al. 2019)",
+                    stateful=True, personal="head", personalized=True),
+    "fedrep": Entry(fedrep, "FedRep: personal head trained first, then the shared body "
+                    "(Collins et al. 2021)",
+                    hparams=_params(head_fraction=HParam(
+                        0.5, "share of the local steps that train the head", maximum=1.0)),
+                    stateful=True, personal="head", personalized=True),
+    "ditto": Entry(ditto, "Ditto: personal models pulled towards the global one (Li et al. 2021)",
+                   hparams=_params(lam=HParam(0.1, "proximal strength of the personal model")),
+                   stateful=True, personalized=True),
+    "apfl": Entry(apfl, "APFL: learned mix of a local and the global model (Deng et al. 2020)",
+                  hparams=_params(alpha=HParam(0.25, "initial weight of the local model",
+                                               maximum=1.0),
+                                  alpha_lr=HParam(0.01, "learning rate of the mixing weight "
+                                                  "(0 = fixed)")),
+                  stateful=True, personalized=True),
     "local": Entry(local_baseline, "every site trains alone on its own data: the baseline",
-                   stateful=True, communicates=False, privacy=("record",)),
+                   stateful=True, communicates=False, personalized=True, privacy=("record",)),
     "centralized": Entry(centralized, "pooled training on one model: the baseline",
                          federated=False, communicates=False, privacy=("record",)),
 })
@@ -177,17 +209,28 @@ def build(
     *,
     plan: base.RoundPlan = base.RoundPlan(),
     client_lr: float | None = None,
+    is_local: Callable | None = None,
     **hparams,
 ) -> types.FederatedAlgorithm:
   """Builds ``name`` with its defaults, overridden by ``hparams``.
 
   Args:
     client_lr: the client learning rate, for entries with ``takes_client_lr``.
+    is_local: ``is_local(path) -> bool``, the personal layers of entries with
+      ``personal`` (FedBN defaults to the BatchNorm leaves; FedPer and FedRep
+      need it: ``personal.matcher(models.head_pattern(model_name))``).
 
   Raises:
-    ValueError: unknown name, unknown or invalid hyper-parameter, or a missing ``client_lr``.
+    ValueError: unknown name, unknown or invalid hyper-parameter, a missing
+      ``client_lr`` or ``is_local``, or ``is_local`` for an entry without personal layers.
   """
   entry = get(name)
+  if is_local is not None and not entry.personal:
+    raise ValueError(f"{name} keeps no personal layers; is_local applies to "
+                     f"{[n for n, e in ENTRIES.items() if e.personal]}")
+  if entry.personal == "head" and is_local is None:
+    raise ValueError(f"{name} needs is_local (its personal layers, e.g. "
+                     "personal.matcher(models.head_pattern(model_name)))")
   unknown = set(hparams) - set(entry.hparams)
   if unknown:
     raise ValueError(f"{name} has no hyper-parameter {sorted(unknown)}; it takes "
@@ -201,5 +244,7 @@ def build(
     if client_lr is None:
       raise ValueError(f"{name} needs client_lr (the local SGD learning rate)")
     kwargs["client_lr"] = client_lr
+  if is_local is not None:
+    kwargs["is_local"] = is_local
   return entry.builder(loss_fn, client_optimizer, server_optimizer, plan=plan, **kwargs,
                        **entry.fixed)

@@ -6,13 +6,14 @@ ConvNeXt (``convnext``); ``registry`` maps ``--config.model.name`` to each.
 """
 
 from fedjax_med.models import cnn, convnext, layers, resnet, vit
-from fedjax_med.models.registry import TEST_MODELS, get_model, names, takes_norm
+from fedjax_med.models.registry import TEST_MODELS, get_model, head_pattern, names, takes_norm
 
 __all__ = [
     "TEST_MODELS",
     "cnn",
     "convnext",
     "get_model",
+    "head_pattern",
     "layers",
     "names",
     "resnet",

@@ -58,6 +58,23 @@ def names() -> list[str]:
   return sorted(_MODELS)
 
 
+# The classifier head of each family: the last Dense layer, at the top of the params tree.
+# FedPer and FedRep keep it per client unless --config.personal.layers names other layers.
+_HEADS = (("vit_", r"^params/head/"), ("cnn", r"^params/Dense_1/"),
+          ("resnet", r"^params/Dense_0/"), ("convnext_", r"^params/Dense_0/"))
+
+
+def head_pattern(name: str) -> str:
+  """A regular expression over ``/``-joined parameter paths matching ``name``'s classifier head.
+
+  Raises:
+    ConfigError: unknown name.
+  """
+  if name not in _MODELS:
+    raise ConfigError(f"unknown model.name {name!r}; choose one of: {', '.join(names())}")
+  return next(pattern for prefix, pattern in _HEADS if name.startswith(prefix))
+
+
 def takes_norm(name: str) -> bool:
   """Whether ``name`` accepts ``model.norm`` (the other models fix their normalization)."""
   return name in _NORM_MODELS

@@ -22,7 +22,7 @@ import optax
 import pytest
 
 from fedjax_med import errors, optimizers, sharding, types
-from fedjax_med.algorithms import RoundPlan, aggregators, registry
+from fedjax_med.algorithms import RoundPlan, aggregators, personal, registry
 from fedjax_med.checkpoint import Checkpointer
 from tests.testing import LR, ROUNDS, N, bn_loss, bn_params, sampled_clients
 
@@ -33,7 +33,9 @@ def build(name: str, lr: float = LR, **plan_kw):
   entry = registry.get(name)
   server = optimizers.server(entry.server.opt, entry.server.lr, entry.server.momentum,
                              entry.server.eps)
-  return registry.build(name, bn_loss, optax.sgd(lr), server, client_lr=lr,
+  # FedPer / FedRep keep the toy model's dense layer (its "head") per client
+  head = personal.matcher("^params/Dense_0/") if entry.personal == "head" else None
+  return registry.build(name, bn_loss, optax.sgd(lr), server, client_lr=lr, is_local=head,
                         plan=RoundPlan(num_clients=N, **plan_kw))
 
 

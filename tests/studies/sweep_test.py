@@ -210,7 +210,7 @@ def test_load_study_from_a_file_and_preset(study_file):
 
 
 STUDIES = ("centralized_vs_federated", "heterogeneity", "architectures",
-           "implicit_regularization", "communication", "privacy", "robustness")
+           "implicit_regularization", "communication", "privacy", "robustness", "personalization")
 # One-axis studies over the presets of one config file (configs/comm.py, ...): cpu only.
 PRESET_STUDIES = ("comm_presets", "local_step_presets", "algorithm_presets")
 
