@@ -20,8 +20,11 @@ Partitions of 10 sites: label skew Dirichlet(0.1) and Dirichlet(0.5) (per-client
 around the global class mix), quantity skew (log-normal sizes, sigma 1) and site
 feature skew (IID labels, each site's images through its own simulated scanner).
 Columns: mean and worst over sites of the per-site balanced accuracy and AUC, the
-validation-selected pooled test balanced accuracy, the measured label skew; paired
-tests (by seed, Holm) of every method against ``local`` and against ``fedavg``.
+validation-selected pooled test balanced accuracy, the measured label skew; site by
+site against ``local`` of the same seed: on how many of the 10 sites the method's
+held-out balanced accuracy is higher (``sites_vs_local.wins``; fine-tuned FedAvg:
+``sites_finetuned_vs_local.wins``) and the mean per-site gain; paired tests (by seed,
+Holm) of every method against ``local`` and against ``fedavg``.
 
 cpu: PneumoniaMNIST, BreastMNIST and RetinaMNIST, 28 px, small CNN, 10 rounds of
 S=5, B=32, all sites every round, seeds 0-4 (420 runs; not run yet: it needs
@@ -30,7 +33,7 @@ full: the same at 30 rounds, S=10.
 """
 
 from fedjax_med.configs.studies import common
-from fedjax_med.studies.specs import BarFigure, Paired, ReportSpec, Study
+from fedjax_med.studies.specs import BarFigure, Paired, ReportSpec, SiteWins, Study
 
 BN_MODEL = {"model.name": "resnet8", "model.norm": "batch"}
 SITES = ("sites.balanced_accuracy.mean", "sites.balanced_accuracy.worst", "sites.auc.mean",
@@ -64,10 +67,14 @@ def get_study(preset: str = "cpu") -> Study:
       seeds=(0, 1, 2, 3, 4), fixed=fixed,
       report=ReportSpec(
           table=("data", "partition", "method"),
-          metrics=(*SITES, "sites_global.balanced_accuracy.mean",
+          metrics=(*SITES, "sites_vs_local.wins", "sites_vs_local.gain",
+                   "sites_global.balanced_accuracy.mean",
                    "sites_finetuned.balanced_accuracy.mean", "sites_finetuned.auc.mean",
+                   "sites_finetuned_vs_local.wins", "sites_finetuned_vs_local.gain",
                    "selected.best_val.test.balanced_accuracy", "heterogeneity.label_tv_mean",
                    "client_store_bytes", "wall_time_s"),
+          site_wins=(SiteWins("method", "local"),
+                     SiteWins("method", "local", field="sites_finetuned")),
           paired=(Paired(reference={"method": "local"}, metrics=SITES),
                   Paired(reference={"method": "fedavg"}, metrics=SITES)),
           figures=(BarFigure(x="method", color="partition",

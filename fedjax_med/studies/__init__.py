@@ -20,6 +20,7 @@ from fedjax_med.studies.specs import (
   Post,
   Relative,
   ReportSpec,
+  SiteWins,
   Study,
   Target,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Relative",
     "ReportSpec",
     "Run",
+    "SiteWins",
     "Study",
     "StudyError",
     "Target",

@@ -21,7 +21,9 @@ field a run lacks (or that is None, a string or a list) is simply absent. Among 
   axes), None if it never did,
 - ``relative.accuracy`` / ``relative.drop`` against a same-seed reference run,
 - ``matched.*``: the analysis record at a training loss every run of its group
-  reached (``ReportSpec.matched``).
+  reached (``ReportSpec.matched``),
+- ``<field>_vs_<reference>.{wins,losses,compared,gain}``: site by site against a
+  same-seed reference run (``ReportSpec.site_wins``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedjax_med.studies import grid
-from fedjax_med.studies.specs import Matched, Relative, Study, Target
+from fedjax_med.studies.specs import Matched, Relative, SiteWins, Study, Target
 
 
 @dataclasses.dataclass
@@ -48,6 +50,8 @@ class RunResult:
     curve: test evaluations, dicts with round, accuracy, auc, elapsed_s, bytes_up.
     complete: whether the run wrote ``summary.json``.
     analysis: the sharpness records of ``metrics.jsonl``, in round order.
+    per_site: ``"<block>.<metric>"`` -> the per-site values of ``summary.json``'s
+      ``sites*`` blocks (``None`` where undefined).
   """
 
   name: str
@@ -56,6 +60,7 @@ class RunResult:
   curve: list
   complete: bool
   analysis: list = dataclasses.field(default_factory=list)
+  per_site: dict = dataclasses.field(default_factory=dict)
 
 
 def _flatten(prefix: str, node, out: dict) -> None:
@@ -77,11 +82,15 @@ def read_run(sweep_dir: str, run: grid.Run) -> RunResult:
   """One run's metrics (``complete`` False, and only the curve so far, if it has no summary)."""
   d = os.path.join(sweep_dir, run.name)
   flat: dict = {}
+  per_site: dict = {}
   summary_path = os.path.join(d, "summary.json")
   complete = os.path.exists(summary_path)
   if complete:
     with open(summary_path) as f:
       summary = json.load(f)
+    per_site = {f"{block}.{m}": v["per_site"] for block, value in summary.items()
+                if block.startswith("sites") and isinstance(value, Mapping)
+                for m, v in value.items() if isinstance(v, Mapping) and "per_site" in v}
     clients = summary.pop("clients", None) or {}
     clients.pop("accuracy", None)
     clients.pop("model", None)
@@ -97,7 +106,7 @@ def read_run(sweep_dir: str, run: grid.Run) -> RunResult:
                           if k not in ("round", "split", "seconds")}, flat)
     if "test.loss" in flat and "analysis.loss" in flat:
       flat["gap.loss"] = flat["test.loss"] - flat["analysis.loss"]
-  return RunResult(run.name, dict(run.axes), flat, curve, complete, analysis)
+  return RunResult(run.name, dict(run.axes), flat, curve, complete, analysis, per_site)
 
 
 def collect(study: Study, sweep_dir: str) -> list[RunResult]:
@@ -109,6 +118,8 @@ def collect(study: Study, sweep_dir: str) -> list[RunResult]:
     add_relative(results, study.report.relative)
   if study.report.matched:
     add_matched(results, study.report.matched)
+  for wins in study.report.site_wins:
+    add_site_wins(results, wins)
   return results
 
 
@@ -151,6 +162,25 @@ def add_relative(results: list[RunResult], relative: Relative) -> None:
     if ref and acc is not None:
       r.metrics["relative.accuracy"] = acc / ref
       r.metrics["relative.drop"] = ref - acc
+
+
+def add_site_wins(results: list[RunResult], spec: SiteWins) -> None:
+  """Fills ``<field>_vs_<reference>.*`` (see :class:`SiteWins`) of every complete run with a
+  same-seed reference run (paired by seed and the other axes) and per-site values."""
+  axis = {spec.axis}
+  refs = {_key(r.axes, axis): r.per_site.get(f"sites.{spec.metric}")
+          for r in results if r.complete and r.axes.get(spec.axis) == spec.reference}
+  for r in results:
+    ref = refs.get(_key(r.axes, axis))
+    own = r.per_site.get(f"{spec.field}.{spec.metric}")
+    if not r.complete or ref is None or own is None or len(ref) != len(own):
+      continue
+    pairs = [(a, b) for a, b in zip(own, ref, strict=True) if a is not None and b is not None]
+    diff = np.asarray([a - b for a, b in pairs], np.float64)
+    out = {"wins": float((diff > 0).sum()), "losses": float((diff < 0).sum()),
+           "compared": float(len(diff)), "gain": float(diff.mean()) if len(diff) else None}
+    for k, v in out.items():
+      r.metrics[f"{spec.prefix}.{k}"] = v
 
 
 def add_matched(results: list[RunResult], matched: Matched) -> None:

@@ -179,6 +179,27 @@ class Relative:
 
 
 @dataclasses.dataclass(frozen=True)
+class SiteWins:
+  """Site by site against the same-seed run with ``axis=reference`` (paired by seed and the
+  other axes): ``<field>_vs_<reference>.wins`` / ``.losses`` (sites whose held-out
+  ``metric`` is higher / lower in this run than in the reference run's ``sites``),
+  ``.compared`` (sites where both are defined) and ``.gain`` (the mean per-site
+  difference). ``field``: which per-site block of this run (``sites``: each site's
+  model, ``sites_global``, ``sites_finetuned``); the reference is always its ``sites``
+  (the model its sites would use).
+  """
+
+  axis: str
+  reference: str
+  metric: str = "balanced_accuracy"
+  field: str = "sites"
+
+  @property
+  def prefix(self) -> str:
+    return f"{self.field}_vs_{self.reference}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Paired:
   """Paired comparisons of every table row with its reference row (``fedjax_med/studies/paired.py``).
 
@@ -249,6 +270,8 @@ class ReportSpec:
     relative: adds ``relative.accuracy`` and ``relative.drop`` columns.
     baseline: a published number to compare with.
     matched: adds ``matched.*`` sharpness at a matched training loss (:class:`Matched`).
+    site_wins: adds ``<field>_vs_<reference>.*``: per-site wins against a reference
+      run (:class:`SiteWins`), one set per entry.
     paired: the reference of the paired comparisons under the table, or a tuple of
       them (one family each, e.g. the alpha axis against IID and the algorithms
       against FedAvg at one alpha; Holm corrects within a family). None: the
@@ -264,11 +287,15 @@ class ReportSpec:
   baseline: Baseline | None = None
   paired: Paired | tuple[Paired, ...] | None = None
   matched: Matched | None = None
+  site_wins: tuple[SiteWins, ...] = ()
   figures: tuple[Figure, ...] = ()
 
   def __post_init__(self):
-    for name in ("table", "metrics", "figures"):
+    for name in ("table", "metrics", "figures", "site_wins"):
       _as_tuple(self, name)
+    for w in self.site_wins:
+      if not isinstance(w, SiteWins):
+        raise TypeError(f"ReportSpec.site_wins must hold SiteWins, got {w!r}")
     for i, fig in enumerate(self.figures):
       if not isinstance(fig, FIGURES):
         raise TypeError(f"ReportSpec.figures[{i}] is a {type(fig).__name__}; use one of "

@@ -17,6 +17,7 @@ from fedjax_med.studies.specs import (
   Post,
   Relative,
   ReportSpec,
+  SiteWins,
   Study,
   Target,
 )
@@ -122,6 +123,35 @@ def test_relative_accuracy_is_paired_by_seed(tmp_path):
   m = by_name["data-d1+setting-fed+seed-1"].metrics
   assert m["relative.accuracy"] == pytest.approx(0.70 / 0.86)
   assert m["relative.drop"] == pytest.approx(0.16)
+
+
+def test_site_wins_compare_each_site_with_the_same_seed_reference(tmp_path):
+  study = make_study(site_wins=(SiteWins("setting", "central"),
+                                SiteWins("setting", "central", field="sites_finetuned")))
+  write_runs(tmp_path, study)
+  per_site = {"central": [0.6, 0.7, None, 0.5], "fed": [0.8, 0.7, 0.9, 0.4]}
+  for run in grid.expand(study):
+    path = tmp_path / run.name / "summary.json"
+    if not path.exists():
+      continue
+    summary = json.loads(path.read_text())
+    values = per_site[run.axes["setting"]]
+    summary["sites"] = {"balanced_accuracy": {"mean": 0.6, "per_site": values}}
+    summary["sites_finetuned"] = {"balanced_accuracy": {"per_site": [v and v + 0.2
+                                                                     for v in values]}}
+    path.write_text(json.dumps(summary))
+  by_name = {r.name: r for r in results.collect(study, str(tmp_path))}
+  m = by_name["data-d1+setting-fed+seed-1"].metrics
+  # site 2 is undefined in the reference: 3 sites compared, fed wins 1, ties 1, loses 1
+  assert (m["sites_vs_central.wins"], m["sites_vs_central.losses"],
+          m["sites_vs_central.compared"]) == (1, 1, 3)
+  assert m["sites_vs_central.gain"] == pytest.approx((0.2 + 0.0 - 0.1) / 3)
+  assert m["sites_finetuned_vs_central.wins"] == 3  # 1.0 > 0.6, 0.9 > 0.7, 0.6 > 0.5
+  assert m["sites_finetuned_vs_central.gain"] == pytest.approx((0.4 + 0.2 + 0.1) / 3)
+  central = by_name["data-d1+setting-central+seed-1"].metrics
+  assert central["sites_vs_central.wins"] == 0 and central["sites_vs_central.gain"] == 0
+  # no partner (d2 fed seed 2 never finished): nothing filled
+  assert "sites_vs_central.wins" not in by_name["data-d2+setting-fed+seed-2"].metrics
 
 
 def test_make_report_writes_markdown_csv_and_figures(tmp_path):
