@@ -3,7 +3,8 @@
   python launch/main.py --config=configs/algorithms.py:fedprox --workdir=runs/fedprox
 
 The part after ``:`` names the algorithm (fedavg, fedavgm, fedadam, fedyogi,
-fedadagrad, fedprox, scaffold, feddyn, fedbn, fedsam, fedasam; add
+fedadagrad, fedprox, scaffold, feddyn, fedbn, fedsam, fedasam, fedexp, fedper,
+fedrep, ditto, apfl, local; add
 ``--config.algorithm.swa=True`` to any). Everything else is shared, so the
 runs compare directly: small CNN (FedBN needs BatchNorm: ``resnet8_bn``),
 10 of 20 clients per round, 5 local SGD steps of 64 (lr 0.1), 40 rounds. A few minutes

@@ -5,7 +5,7 @@
 
 One axis, ``algorithm``, whose labels are the presets of configs/algorithms.py
 (fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, scaffold, feddyn,
-fedbn, fedsam, fedasam): PneumoniaMNIST, Dirichlet(0.1), 10 of 20 clients per
+fedbn, fedsam, fedasam, fedexp, fedper, fedrep, ditto, apfl, local): PneumoniaMNIST, Dirichlet(0.1), 10 of 20 clients per
 round, 40 rounds, seed 0, the preset file's untuned hyper-parameters.
 configs/studies/heterogeneity.py asks the same question with seeds and intervals.
 """
