@@ -32,7 +32,11 @@ full: T=500, both datasets, all methods, seeds 0-4.
 """
 
 from fedjax_med.configs.studies import common
-from fedjax_med.studies.specs import BarFigure, Matched, Post, ReportSpec, Study
+from fedjax_med.studies.specs import BarFigure, Matched, Paired, Post, ReportSpec, Study
+
+
+COMPARED = ("selected.best_val.test.balanced_accuracy", "matched.lambda_max", "matched.trace",
+            "matched.eps_sharpness", "gap.loss")
 
 
 def get_study(preset: str = "cpu") -> Study:
@@ -99,6 +103,9 @@ def get_study(preset: str = "cpu") -> Study:
                    "analysis.lambda_max", "analysis.stability_ratio", "matched.lambda_max",
                    "matched.trace", "matched.eps_sharpness", "matched.round", "gap.loss"),
           matched=Matched(within=("data",)),
+          # paired by seed (the same initialization) against each pooled baseline
+          paired=tuple(Paired(reference={"partition": "pooled", "method": m}, metrics=COMPARED)
+                       for m in ("centralized", "large_batch")),
           figures=(BarFigure(x="method", color="partition",
                              metrics=("matched.lambda_max", "matched.trace",
                                       "matched.eps_sharpness", "gap.loss")),)),

@@ -50,6 +50,17 @@ LABELS = {
     "analysis.trace": "Hessian trace",
     "analysis.eps_sharpness": "ε-sharpness (%)",
     "gap.loss": "gen. gap (loss)",
+    "analysis.stability_ratio": "λmax·lr/2",
+    "matched.lambda_max": "λmax @ matched loss",
+    "matched.trace": "trace @ matched loss",
+    "matched.eps_sharpness": "ε-sharpness @ matched loss",
+    "matched.round": "matched at round",
+    "sites.auc.worst": "worst-site AUC",
+    "sites_vs_local.wins": "sites better than local",
+    "sites_vs_local.gain": "per-site gain vs local",
+    "sites_finetuned_vs_local.wins": "fine-tuned: sites better than local",
+    "sites_finetuned_vs_local.gain": "fine-tuned: per-site gain vs local",
+    "client_store_bytes": "per-client state (bytes)",
     "relative.accuracy": "acc / reference acc",  # ReportSpec.relative names the reference
     "relative.drop": "acc drop vs reference",
 }
