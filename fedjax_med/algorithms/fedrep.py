@@ -69,11 +69,11 @@ def fedrep(
     options = {"unroll": plan.unroll, "lr_scale": base.lr_scale(plan, state.round)}
     head_key, body_key = jax.random.split(key)
     params, losses, steps = start, [], jnp.zeros((), jnp.int32)
-    for phase, (lo, hi), phase_key, fixed in (("head", (0, h), head_key, body),
-                                             ("body", (h, num_steps), body_key, head)):
+    # the head phase (body frozen), then the body phase (head frozen)
+    for (lo, hi), phase_key, fixed in (((0, h), head_key, body),
+                                       ((h, num_steps), body_key, head)):
       if hi == lo:
         continue
-      del phase
       before = params
       res = local.local_train(loss_fn, frozen(client_optimizer, fixed), params,
                               jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], data), phase_key,
