@@ -276,7 +276,14 @@ def _validate_personal(config: ml_collections.ConfigDict, entry) -> None:
     except re.error as e:
       _check(False, "personal.layers", pe.layers,
              f"not a regular expression ({e}); e.g. 'params/Dense_1/'")
-  _check(isinstance(pe.finetune_steps, int) and pe.finetune_steps >= 0, "personal.finetune_steps",
+  if name == "fedrep" and config.fl.local_epochs == 0:
+    frac, steps = config.algorithm.fedrep.head_fraction, config.fl.local_steps
+    head = math.floor(frac * steps + 0.5)
+    _check(frac in (0.0, 1.0) or 1 <= head <= steps - 1, "algorithm.fedrep.head_fraction",
+           frac, f"gives {head} head steps of fl.local_steps={steps}: choose it so that both "
+           "the head and the body get at least one step (0 / 1 train only one of them)")
+  _check(isinstance(pe.finetune_steps, int) and not isinstance(pe.finetune_steps, bool)
+         and pe.finetune_steps >= 0, "personal.finetune_steps",
          pe.finetune_steps, "must be an integer >= 0 (0 = no fine-tuning)")
   _check(isinstance(pe.finetune_lr, (int, float)) and math.isfinite(pe.finetune_lr)
          and pe.finetune_lr >= 0, "personal.finetune_lr", pe.finetune_lr,

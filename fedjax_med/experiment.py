@@ -272,6 +272,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       round_clients * local_steps * step_slots * image_bytes)
   config_lib.check_batch_bytes("eval.batch_size", config.eval.batch_size,
                                config.eval.batch_size * image_bytes)
+  config_lib.check_batch_bytes("personal.finetune_steps", config.personal.finetune_steps,
+                               config.personal.finetune_steps * fl.batch_size * image_bytes)
   evaluator = evaluation.Evaluator(model, ds, sites.test, batch_size=config.eval.batch_size)
   # Bytes on the wire per round, exact from the shapes and dtypes sent: every
   # sampled client downloads the model and uploads its (compressed) update.

@@ -47,6 +47,10 @@ def test_matcher_searches_the_joined_path():
     ({"personal.finetune_lr": -0.1}, "finetune_lr"),
     ({"algorithm.name": "apfl", "algorithm.apfl.alpha": 2.0}, "apfl.alpha"),
     ({"algorithm.name": "fedrep", "algorithm.fedrep.head_fraction": 1.5}, "head_fraction"),
+    # S=3: 0.1 gives 0 head steps (only 0 and 1 may train one group alone)
+    ({"algorithm.name": "fedrep", "algorithm.fedrep.head_fraction": 0.1}, "head steps"),
+    ({"personal.finetune_steps": True}, "finetune_steps"),
+    ({"personal.finetune_steps": 10**7}, "finetune_steps"),
 ])
 def test_bad_personalization_config_is_a_clear_error(data_root, overrides, match):
   with pytest.raises(errors.ConfigError, match=match):
@@ -97,6 +101,16 @@ def test_personal_run_reports_own_global_finetuned_and_never_sampled_sites(data_
   g = summary["sites_global"]["accuracy"]["per_site"]
   p = summary["sites"]["accuracy"]["per_site"]
   assert all(g[c] == p[c] for c in never)
+  # ... and the sampled site's reported numbers are those of its own model on its share
+  idx = exp.sites.test.client(site)
+  train_split = exp.dataset.train
+  probs = evaluation.predict_probs(exp.evaluator.eval_fn, own(jax.device_get(state), site),
+                                   train_split.images[idx], 32)
+  mine = evaluation.class_metrics(probs, train_split.labels[idx])
+  assert p[site] == pytest.approx(mine["accuracy"], abs=1e-5)
+  glob = evaluation.class_metrics(evaluation.predict_probs(
+      exp.evaluator.eval_fn, state.params, train_split.images[idx], 32), train_split.labels[idx])
+  assert g[site] == pytest.approx(glob["accuracy"], abs=1e-5)
 
 
 def test_finetuning_is_seeded_local_training_on_the_site_share(data_root):

@@ -11,10 +11,12 @@ the client's copy of the global model and ``m = alpha v + (1 - alpha) w``:
 
 all three from the values before the step. The client's personalized model is
 ``alpha_c v_c + (1 - alpha_c) w`` with ``w`` the current server model:
-``client_params(state, c)``. The global model is exactly FedAvg's. Mixing
-covers every floating leaf (BatchNorm running statistics too); the statistics
-the mixed forward pass updates become ``v``'s. ``v`` and ``w`` each get their
-own fresh ``client_optimizer`` state every round.
+``client_params(state, c)``. The global model is FedAvg's (a client whose
+personal update fails is dropped whole, its global delta too). Of a flax
+variables dict only the ``params`` are mixed: the mixed model runs with ``v``'s
+BatchNorm statistics, and the statistics its forward pass updates become
+``v``'s. ``v`` and ``w`` each get their own fresh ``client_optimizer`` state
+every round.
 """
 
 from __future__ import annotations
@@ -31,9 +33,15 @@ MIX_STREAM = 0xA9F1
 
 
 def mix(alpha: types.Array, v: types.Params, w: types.Params) -> types.Params:
-  """``alpha v + (1 - alpha) w`` leaf by leaf."""
-  return jax.tree.map(lambda a, b: alpha.astype(a.dtype) * a + (1 - alpha.astype(a.dtype)) * b,
-                      v, w)
+  """``alpha v + (1 - alpha) w`` leaf by leaf; of a flax variables dict only the ``params``
+  collection is mixed, the others (BatchNorm statistics) are ``v``'s."""
+  def lerp(x, y):
+    return jax.tree.map(lambda a, b: alpha.astype(a.dtype) * a + (1 - alpha.astype(a.dtype)) * b,
+                        x, y)
+
+  if isinstance(v, dict) and "params" in v:
+    return {**v, "params": lerp(v["params"], w["params"])}
+  return lerp(v, w)
 
 
 def apfl(

@@ -7,8 +7,9 @@ and (2) runs S steps on its personal model ``v_c`` (a row of the per-client
 store, all starting from the initial model) on
 ``f_c(v) + lam / 2 ||v - w||^2``, ``w`` the server model at the start of the
 round, over the same S batches. ``lam = 0`` is local training alone; large
-``lam`` pulls ``v_c`` to the global model. The global model is exactly
-FedAvg's; ``client_params(state, c)`` is ``v_c``. A round costs two local
+``lam`` pulls ``v_c`` to the global model. The global model is FedAvg's (a
+client whose personal update fails is dropped whole, its global delta too);
+``client_params(state, c)`` is ``v_c``. A round costs two local
 trainings per client (``bench/algorithm_speed.py`` measures it against FedAvg)
 and the store holds a whole model per client (``client_store.nbytes``).
 """

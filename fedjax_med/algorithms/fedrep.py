@@ -2,16 +2,18 @@
 
 Collins et al., "Exploiting Shared Representations for Personalized Federated
 Learning", ICML 2021. A client starts from the server's body with its own head
-(``personal`` layers, by default the classifier head). Of its S local steps,
-the first ``round(head_fraction * S)`` train only the head (body frozen), the
-rest train only the body (head frozen, at its new value); the client keeps its
-head and uploads its delta. The paper runs 10 head epochs for 1 body epoch
-(``head_fraction`` ~ 0.9); the default 0.5 gives the body half of the budget.
-Frozen means frozen: the optimizer's updates of those leaves are set to zero
-(``optax.masked``) and, after the phase, the leaves (BatchNorm statistics
-included) are put back. The server averages every leaf as FedAvg (its head is
-the clients' average, the global model's head); ``client_params(state, c)`` is
-client ``c``'s own model.
+(``personal`` layers, by default the classifier head). Of its ``n`` real local
+steps (steps with data: padding steps under ``fl.local_epochs`` or straggling
+do not count), the first ``h = floor(head_fraction * n + 1/2)`` train only the
+head (body frozen), the rest train only the body (head frozen, at its new
+value); the client keeps its head and uploads its delta. The paper runs 10 head
+epochs for 1 body epoch (``head_fraction`` ~ 0.9); the default 0.5 gives the
+body half of the budget (S=5: 3 head steps, 2 body steps). Frozen means frozen:
+the frozen leaves (BatchNorm statistics included) keep their values through the
+phase, and the optimizer state starts fresh with the body phase, as two
+separate local trainings would. The server averages every leaf as FedAvg (its
+head is the clients' average, the global model's head); ``client_params(state,
+c)`` is client ``c``'s own model.
 """
 
 from __future__ import annotations
@@ -22,16 +24,6 @@ import optax
 
 from fedjax_med import types
 from fedjax_med.algorithms import base, local, personal
-
-
-def frozen(optimizer: optax.GradientTransformation, mask) -> optax.GradientTransformation:
-  """``optimizer`` whose updates are zero where ``mask`` (a pytree of bools) is True."""
-  return optax.chain(optimizer, optax.masked(optax.set_to_zero(), mask))
-
-
-def _restore(params, start, keep_mask):
-  """``params`` with the leaves where ``keep_mask`` is True put back to ``start``'s."""
-  return jax.tree.map(lambda k, p, s: s if k else p, keep_mask, params, start)
 
 
 def fedrep(
@@ -63,25 +55,37 @@ def fedrep(
   def client_fn(state, data, own, key):
     start = personal.with_local_leaves(state.params, own, is_local)
     head = personal.leaf_mask(start, is_local)
-    body = jax.tree.map(lambda h: not h, head)
     num_steps = data["mask"].shape[0]
-    h = min(num_steps, max(0, int(round(head_fraction * num_steps))))  # static
-    options = {"unroll": plan.unroll, "lr_scale": base.lr_scale(plan, state.round)}
-    head_key, body_key = jax.random.split(key)
-    params, losses, steps = start, [], jnp.zeros((), jnp.int32)
-    # the head phase (body frozen), then the body phase (head frozen)
-    for (lo, hi), phase_key, fixed in (((0, h), head_key, body),
-                                       ((h, num_steps), body_key, head)):
-      if hi == lo:
-        continue
-      before = params
-      res = local.local_train(loss_fn, frozen(client_optimizer, fixed), params,
-                              jax.tree.map(lambda x, lo=lo, hi=hi: x[lo:hi], data), phase_key,
-                              **options)
-      params = _restore(res.params, before, fixed)
-      losses.append(res.loss)
-      steps = steps + res.steps
-    res = local.LocalResult(params, jnp.concatenate(losses), steps)
+    keys = jax.random.split(key, num_steps)
+    active = jnp.any(data["mask"].reshape(num_steps, -1), axis=1)
+    real = jnp.sum(active.astype(jnp.int32))
+    head_steps = jnp.floor(head_fraction * real + 0.5).astype(jnp.int32)
+    done_before = jnp.cumsum(active.astype(jnp.int32)) - active.astype(jnp.int32)
+    in_head = done_before < head_steps  # [S]: the phase of each step (by real steps done)
+    first_body = active & (done_before == head_steps)  # the body phase's first real step
+    scale = base.lr_scale(plan, state.round)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    fresh = client_optimizer.init(start)
+
+    def step(carry, xs):
+      p, o = carry
+      batch, step_key, has_data, head_phase, restart = xs
+      o = jax.tree.map(lambda f, x: jnp.where(restart, f, x), fresh, o)
+      (loss, aux), grads = grad_fn(p, batch, step_key)
+      updates, new_o = client_optimizer.update(grads, o, p)
+      if scale is not None:
+        updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+      new_p = local.apply_variable_updates(optax.apply_updates(p, updates), aux)
+      # the trained group moves; the frozen one (params and statistics) keeps its values
+      new_p = jax.tree.map(lambda is_head, n, old: jnp.where(head_phase == is_head, n, old),
+                           head, new_p, p)
+      carry = jax.tree.map(lambda n, old: jnp.where(has_data, n, old), (new_p, new_o), (p, o))
+      return carry, jnp.where(has_data, loss, 0.0)
+
+    (params, _), losses = jax.lax.scan(step, (start, fresh),
+                                       (data, keys, active, in_head, first_body),
+                                       unroll=plan.unroll)
+    res = local.LocalResult(params, losses, real)
     return res, personal.local_leaves(params, is_local)
 
   round_fn = base.federated_round(client_fn, server_optimizer, plan)

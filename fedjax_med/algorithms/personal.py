@@ -90,9 +90,12 @@ def check_layers(params, is_local: IsLocal, name: str, what: str) -> None:
   if not idx:
     raise ValueError(f"{name}: the model has no {what} to keep personal; name other layers "
                      "with --config.personal.layers=<regex over paths like params/Dense_1/>")
-  if len(idx) == len(leaves):
-    raise ValueError(f"{name}: every leaf is personal ({what}), nothing would be shared; "
-                     "use algorithm.name=local")
+  paths = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  # the trainable leaves: a flax variables dict's "params" collection, else every leaf
+  trainable = [i for i, p in enumerate(paths) if p.startswith("params/")] or range(len(paths))
+  if set(trainable) <= set(idx):
+    raise ValueError(f"{name}: every trainable leaf is personal ({what}), nothing would be "
+                     "shared; use algorithm.name=local")
 
 
 def client_params_fn(is_local: IsLocal) -> Callable[[types.ServerState, int], types.Params]:

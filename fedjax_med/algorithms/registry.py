@@ -99,8 +99,6 @@ class Entry:
       (``--config.personal.layers``): ``"batchnorm"`` (FedBN: they default to
       the BatchNorm leaves) or ``"head"`` (FedPer, FedRep: the model's classifier
       head, ``models.head_pattern``); ``""`` = it takes no layer choice.
-    personalized: the algorithm has a personal model per client
-      (``client_params``), evaluated on each site beside the global model.
     privacy: the differential-privacy levels it supports (``privacy.level``):
       ``"record"`` (DP-SGD in every client: its local step is a gradient of the
       loss) and ``"client"`` (DP-FedAvg: the server only sums clipped deltas).
@@ -119,7 +117,6 @@ class Entry:
   takes_client_lr: bool = False
   plain_sgd: bool = False
   personal: str = ""
-  personalized: bool = False
   privacy: tuple[str, ...] = ()
 
 
@@ -156,25 +153,25 @@ ENTRIES: Mapping[str, Entry] = MappingProxyType({
                     hparams=_params(alpha=HParam(0.01, "regularization", strict=True)),
                     stateful=True),
     "fedbn": Entry(fedbn, "FedBN: BatchNorm layers stay local (Li et al. 2021)", stateful=True,
-                   personal="batchnorm", personalized=True),
+                   personal="batchnorm"),
     "fedper": Entry(fedper, "FedPer: personal classifier head, shared body (Arivazhagan et al. 2019)",
-                    stateful=True, personal="head", personalized=True),
+                    stateful=True, personal="head"),
     "fedrep": Entry(fedrep, "FedRep: personal head trained first, then the shared body "
                     "(Collins et al. 2021)",
                     hparams=_params(head_fraction=HParam(
                         0.5, "share of the local steps that train the head", maximum=1.0)),
-                    stateful=True, personal="head", personalized=True),
+                    stateful=True, personal="head"),
     "ditto": Entry(ditto, "Ditto: personal models pulled towards the global one (Li et al. 2021)",
                    hparams=_params(lam=HParam(0.1, "proximal strength of the personal model")),
-                   stateful=True, personalized=True),
+                   stateful=True),
     "apfl": Entry(apfl, "APFL: learned mix of a local and the global model (Deng et al. 2020)",
                   hparams=_params(alpha=HParam(0.25, "initial weight of the local model",
                                                maximum=1.0),
                                   alpha_lr=HParam(0.01, "learning rate of the mixing weight "
                                                   "(0 = fixed)")),
-                  stateful=True, personalized=True),
+                  stateful=True),
     "local": Entry(local_baseline, "every site trains alone on its own data: the baseline",
-                   stateful=True, communicates=False, personalized=True, privacy=("record",)),
+                   stateful=True, communicates=False, privacy=("record",)),
     "centralized": Entry(centralized, "pooled training on one model: the baseline",
                          federated=False, communicates=False, privacy=("record",)),
 })

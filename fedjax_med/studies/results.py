@@ -91,6 +91,8 @@ def read_run(sweep_dir: str, run: grid.Run) -> RunResult:
     per_site = {f"{block}.{m}": v["per_site"] for block, value in summary.items()
                 if block.startswith("sites") and isinstance(value, Mapping)
                 for m, v in value.items() if isinstance(v, Mapping) and "per_site" in v}
+    never = (summary.get("sites") or {}).get("never_sampled") or {}
+    per_site["never_sampled"] = list(never.get("sites", []))
     clients = summary.pop("clients", None) or {}
     clients.pop("accuracy", None)
     clients.pop("model", None)
@@ -166,16 +168,24 @@ def add_relative(results: list[RunResult], relative: Relative) -> None:
 
 def add_site_wins(results: list[RunResult], spec: SiteWins) -> None:
   """Fills ``<field>_vs_<reference>.*`` (see :class:`SiteWins`) of every complete run with a
-  same-seed reference run (paired by seed and the other axes) and per-site values."""
+  same-seed reference run (paired by seed and the other axes) and per-site values; sites
+  never sampled in either run are left out."""
   axis = {spec.axis}
-  refs = {_key(r.axes, axis): r.per_site.get(f"sites.{spec.metric}")
-          for r in results if r.complete and r.axes.get(spec.axis) == spec.reference}
+  refs = {_key(r.axes, axis): r for r in results
+          if r.complete and r.axes.get(spec.axis) == spec.reference}
   for r in results:
-    ref = refs.get(_key(r.axes, axis))
-    own = r.per_site.get(f"{spec.field}.{spec.metric}")
-    if not r.complete or ref is None or own is None or len(ref) != len(own):
+    ref_run = refs.get(_key(r.axes, axis))
+    if not r.complete or ref_run is None:
       continue
-    pairs = [(a, b) for a, b in zip(own, ref, strict=True) if a is not None and b is not None]
+    ref = ref_run.per_site.get(f"sites.{spec.metric}")
+    own = r.per_site.get(f"{spec.field}.{spec.metric}")
+    if ref is None or own is None or len(ref) != len(own):
+      continue
+    # sites that never trained in either run are not compared (their models are stand-ins)
+    skip = set(r.per_site.get("never_sampled", [])) | set(ref_run.per_site.get("never_sampled",
+                                                                                   []))
+    pairs = [(a, b) for c, (a, b) in enumerate(zip(own, ref, strict=True))
+             if a is not None and b is not None and c not in skip]
     diff = np.asarray([a - b for a, b in pairs], np.float64)
     out = {"wins": float((diff > 0).sum()), "losses": float((diff < 0).sum()),
            "compared": float(len(diff)), "gain": float(diff.mean()) if len(diff) else None}

@@ -186,7 +186,7 @@ class SiteWins:
   ``.compared`` (sites where both are defined) and ``.gain`` (the mean per-site
   difference). ``field``: which per-site block of this run (``sites``: each site's
   model, ``sites_global``, ``sites_finetuned``); the reference is always its ``sites``
-  (the model its sites would use).
+  (the model its sites would use). Sites never sampled in either run are left out.
   """
 
   axis: str

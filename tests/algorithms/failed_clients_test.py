@@ -114,13 +114,26 @@ def test_scaffold_nan_client_keeps_its_control_variate_and_equals_the_round_with
     assert np.any(leaf[0] != 0.0)  # client 0 (row 0) did write its row
 
 
-@pytest.mark.parametrize("name", ["feddyn", "fedbn", "local"])
+@pytest.mark.parametrize("name", ["feddyn", "fedbn", "local", "fedper", "fedrep", "ditto",
+                                  "apfl"])
 def test_other_stateful_algorithms_keep_the_failed_row(name):
   plan, params = algorithms.RoundPlan(num_clients=N), None
+  dense = algorithms.personal.matcher("^params/Dense_0/")
   if name == "feddyn":
     alg = algorithms.feddyn(linear_loss, optax.sgd(LR), optax.sgd(1.0), alpha=0.1, plan=plan)
   elif name == "fedbn":
     alg, params = algorithms.fedbn(bn_loss, optax.sgd(LR), optax.sgd(1.0), plan=plan), bn_params()
+  elif name == "fedper":
+    alg, params = algorithms.fedper(bn_loss, optax.sgd(LR), optax.sgd(1.0), plan=plan,
+                                    is_local=dense), bn_params()
+  elif name == "fedrep":
+    alg, params = algorithms.fedrep(bn_loss, optax.sgd(LR), optax.sgd(1.0), plan=plan,
+                                    is_local=dense, head_fraction=0.5), bn_params()
+  elif name == "ditto":
+    alg = algorithms.ditto(linear_loss, optax.sgd(LR), optax.sgd(1.0), lam=0.1, plan=plan)
+  elif name == "apfl":
+    alg = algorithms.apfl(linear_loss, optax.sgd(LR), optax.sgd(1.0), alpha=0.3, alpha_lr=0.1,
+                          plan=plan)
   else:
     alg = algorithms.local_baseline(linear_loss, optax.sgd(LR), plan=plan)
   batch = sampled_clients(0)

@@ -71,26 +71,31 @@ def plan(chunk=None):
 
 
 class HeadReference:
-  """Server model plus each client's own head; ``head_steps`` None = FedPer (train all)."""
+  """Server model plus each client's own head; ``head_fraction`` None = FedPer (train all).
 
-  def __init__(self, head_steps=None):
+  FedRep: of a client's n real steps, the first floor(head_fraction * n + 1/2) move the
+  head only, the rest the body only (padded steps do not count).
+  """
+
+  def __init__(self, head_fraction=None):
     self.server = testing.to_numpy(net_params())
     self.heads = {i: self.server["head"] for i in range(testing.N)}
-    self.head_steps = head_steps
+    self.head_fraction = head_fraction
 
   def round(self, clients):
     models, weights = [], []
     grad = testing.reference_grad(net_loss)
     for row, cid, weight in real_rows(clients):
       w = {"body": self.server["body"], "head": self.heads[cid]}
-      for s in range(testing.S):
-        if not clients.mask[row, s].any():
-          continue
+      steps = testing.real_steps(clients, row)
+      head_steps = (None if self.head_fraction is None
+                    else int(np.floor(self.head_fraction * len(steps) + 0.5)))
+      for i, s in enumerate(steps):
         grads, _ = grad(w, testing.step_batch(clients, row, s))
-        if self.head_steps is None:
+        if head_steps is None:
           w = sgd(w, grads)
-        else:  # FedRep: the first head_steps steps move the head only, the rest the body only
-          w = sgd(w, grads, keep=("body",) if s < self.head_steps else ("head",))
+        else:
+          w = sgd(w, grads, keep=("body",) if i < head_steps else ("head",))
       self.heads[cid] = w["head"]
       models.append(w)
       weights.append(weight)
@@ -112,11 +117,13 @@ def fedrep_states(chunk=None, head_fraction=1 / 3):
                                is_local=HEAD, head_fraction=head_fraction), net_params())
 
 
-@pytest.mark.parametrize("name", ["fedper", "fedrep"])
-def test_head_methods_match_reference_loop(name):
-  # FedRep at head_fraction 1/3 of S=3: step 0 trains the head, steps 1-2 the body.
-  states = fedper_states() if name == "fedper" else fedrep_states()
-  ref = HeadReference(None if name == "fedper" else 1)
+@pytest.mark.parametrize("name, fraction", [("fedper", None), ("fedrep", 1 / 3),
+                                            ("fedrep", 0.5)])
+def test_head_methods_match_reference_loop(name, fraction):
+  # FedRep at 1/3: one head step for 3 or 2 real steps; at 0.5: 2 head steps of 3 real
+  # ones, 1 of 2 (row 1 has a padded step: the split follows each client's real steps).
+  states = fedper_states() if name == "fedper" else fedrep_states(head_fraction=fraction)
+  ref = HeadReference(fraction)
   for r, state in enumerate(states):
     ref.round(testing.sampled_clients(r))
     chex.assert_trees_all_close(state.params, ref.server, **TOL)

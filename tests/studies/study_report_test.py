@@ -150,6 +150,13 @@ def test_site_wins_compare_each_site_with_the_same_seed_reference(tmp_path):
   assert m["sites_finetuned_vs_central.gain"] == pytest.approx((0.4 + 0.2 + 0.1) / 3)
   central = by_name["data-d1+setting-central+seed-1"].metrics
   assert central["sites_vs_central.wins"] == 0 and central["sites_vs_central.gain"] == 0
+  # a site never sampled in either run is left out of the comparison
+  path = tmp_path / "data-d1+setting-central+seed-1" / "summary.json"
+  summary = json.loads(path.read_text())
+  summary["sites"]["never_sampled"] = {"sites": [0]}
+  path.write_text(json.dumps(summary))
+  m = {r.name: r for r in results.collect(study, str(tmp_path))}["data-d1+setting-fed+seed-1"]
+  assert (m.metrics["sites_vs_central.wins"], m.metrics["sites_vs_central.compared"]) == (0, 2)
   # no partner (d2 fed seed 2 never finished): nothing filled
   assert "sites_vs_central.wins" not in by_name["data-d2+setting-fed+seed-2"].metrics
 
