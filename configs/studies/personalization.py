@@ -12,9 +12,13 @@ and every method is judged there, each site with the model it would use:
   site's test (``personal.finetune_steps``: summary ``sites_finetuned``, the
   ``sites_finetuned.*`` columns of the ``fedavg`` rows: fine-tuned FedAvg);
 - ``fedbn`` (ResNet-8 with BatchNorm: its BatchNorm layers stay at each site),
-  ``fedper`` (the classifier head stays), ``fedrep`` (head first, then the body,
-  half the steps each), ``ditto`` (lam 0.1) and ``apfl`` (alpha 0.25, learned at
-  lr 0.01): each site's own model, beside the global model (``sites_global``).
+  ``fedper`` (the classifier head stays), ``fedrep`` (head first, then the body:
+  head_fraction 0.5 of S=5 is 3 head steps and 2 body steps), ``ditto`` (lam
+  0.1) and ``apfl`` (alpha 0.25, learned at lr 0.01): each site's own model,
+  beside the global model (``sites_global``). FedBN runs another model than
+  every other row: its comparisons with ``local`` and ``fedavg`` mix the model
+  with the method; its own-vs-global columns (``sites`` vs ``sites_global``, one
+  model) isolate what keeping BatchNorm at the site does.
 
 Partitions of 10 sites: label skew Dirichlet(0.1) and Dirichlet(0.5) (per-client,
 around the global class mix), quantity skew (log-normal sizes, sigma 1) and site
