@@ -283,3 +283,28 @@ def test_apfl_rejects_invalid_values(kwargs, match):
   with pytest.raises(ValueError, match=match):
     algorithms.apfl(testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0), plan=plan(),
                     **kwargs)
+
+
+def test_fedrep_body_phase_starts_with_a_fresh_optimizer_state():
+  # Heavy-ball momentum 0.9: the reference runs the head phase and the body phase as two
+  # separate local trainings (each with zero momentum), one round, S=3 at 1/3 (1 head step).
+  alg = algorithms.fedrep(net_loss, optax.sgd(testing.LR, momentum=0.9), optax.sgd(1.0),
+                          plan=plan(), is_local=HEAD, head_fraction=1 / 3)
+  state, _ = jax.jit(alg.round)(alg.init(net_params(), jax.random.PRNGKey(0)),
+                                testing.sampled_clients(0))
+  server = testing.to_numpy(net_params())
+  grad = testing.reference_grad(net_loss)
+  clients = testing.sampled_clients(0)
+  models, weights = [], []
+  for row, _, weight in real_rows(clients):
+    w = {"body": server["body"], "head": server["head"]}
+    steps = testing.real_steps(clients, row)
+    for phase, phase_steps in (("head", steps[:1]), ("body", steps[1:])):
+      trace = jax.tree.map(np.zeros_like, w[phase])
+      for s in phase_steps:
+        g = grad(w, testing.step_batch(clients, row, s))[0][phase]
+        trace = jax.tree.map(lambda t, gi: 0.9 * t + gi, trace, g)
+        w = {**w, phase: jax.tree.map(lambda x, t: x - testing.LR * t, w[phase], trace)}
+    models.append(w)
+    weights.append(weight)
+  chex.assert_trees_all_close(state.params, testing.weighted_average(models, weights), **TOL)
