@@ -25,19 +25,19 @@ import ml_collections
 import numpy as np
 
 from fedjax_med import (
-    batching,
-    checkpoint,
-    experiment,
-    finetune,
-    metrics,
-    partition,
-    sharding,
-    types,
+  batching,
+  checkpoint,
+  experiment,
+  finetune,
+  metrics,
+  partition,
+  sharding,
+  types,
 )
 from fedjax_med import config as config_lib
 from fedjax_med import workdir as workdir_lib
-from fedjax_med.configs import base as base_config
 from fedjax_med.algorithms import client_store, registry
+from fedjax_med.configs import base as base_config
 from fedjax_med.errors import NonFiniteLossError
 from fedjax_med.progress import Progress
 

@@ -8,8 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_med import batching, errors, evaluation, experiment, models
-from fedjax_med import finetune, tasks, train
+from fedjax_med import batching, errors, evaluation, experiment, finetune, models, tasks, train
 from fedjax_med.algorithms import client_store, local, personal
 from tests.train_test import small_config
 
@@ -128,6 +127,6 @@ def test_finetuning_is_seeded_local_training_on_the_site_share(data_root):
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), finetune.FINETUNE_STREAM), 1)
   ref = local.local_train(exp.loss_fn, optax.sgd(0.2), params, data, key).params
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), once, ref)
-  moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(once),
-                                                           jax.tree.leaves(params)))
+  moved = max(float(np.abs(a - b).max())
+              for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(params), strict=True))
   assert moved > 1e-4

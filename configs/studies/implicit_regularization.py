@@ -34,7 +34,6 @@ full: T=500, both datasets, all methods, seeds 0-4.
 from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import BarFigure, Matched, Paired, Post, ReportSpec, Study
 
-
 COMPARED = ("selected.best_val.test.balanced_accuracy", "matched.lambda_max", "matched.trace",
             "matched.eps_sharpness", "gap.loss")
 

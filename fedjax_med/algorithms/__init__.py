@@ -25,8 +25,8 @@ from fedjax_med.algorithms import (  # noqa: F401
     robust,
 )
 from fedjax_med.algorithms.aggregators import Aggregator
-from fedjax_med.algorithms.base import RoundPlan
 from fedjax_med.algorithms.apfl import apfl
+from fedjax_med.algorithms.base import RoundPlan
 from fedjax_med.algorithms.centralized import centralized
 from fedjax_med.algorithms.ditto import ditto
 from fedjax_med.algorithms.fedavg import fedavg
