@@ -156,7 +156,7 @@ def test_head_methods_chunked_equal_unchunked(name):
 
 
 @pytest.mark.parametrize("pattern, match", [("^nothing/", "no personal layers"),
-                                            ("", "every leaf is personal")])
+                                            ("", "every trainable leaf is personal")])
 def test_personal_layers_must_split_the_model(pattern, match):
   alg = algorithms.fedper(net_loss, optax.sgd(testing.LR), optax.sgd(1.0), plan=plan(),
                           is_local=personal.matcher(pattern))
