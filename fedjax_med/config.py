@@ -139,8 +139,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"choose one of {PROGRESS}")
   _check(config.data.name in registry.DATASETS, "data.name", config.data.name,
          f"choose one of {sorted(registry.DATASETS)}")
-  _check(config.data.size in registry.SIZES, "data.size", config.data.size,
-         f"choose one of {registry.SIZES}")
+  sizes = registry.DATASETS[config.data.name].sizes
+  _check(config.data.size in sizes, "data.size", config.data.size,
+         f"{config.data.name} exists at sizes {sizes}; choose one of them")
   _check(config.data.augment in augment.KINDS, "data.augment", config.data.augment,
          f"choose one of {augment.KINDS}")
   _check(config.model.name in model_registry.names(), "model.name", config.model.name,

@@ -1,4 +1,4 @@
-"""MedMNIST v2 2D datasets as numpy arrays: find, download, verify, load.
+"""MedMNIST v2 datasets (2D images, 3D volumes) as numpy arrays: find, download, verify, load.
 
 A dataset is one official ``.npz`` file per image size (see ``registry.py``).
 ``load`` reads it from a local folder, downloading it first when it is absent
@@ -43,8 +43,8 @@ _MAX_DEFLATE_RATIO = 1100
 class Split(NamedTuple):
   """One split of a dataset, as stored (no normalisation)."""
 
-  images: np.ndarray  # [N, H, W, ch] uint8
-  labels: np.ndarray  # [N] int32, in [0, num_classes)
+  images: np.ndarray  # [N, H, W, ch] (3D: [N, D, H, W, ch]) uint8
+  labels: np.ndarray  # [N] int32 in [0, num_classes) (multi-label: [N, L] int32 in {0, 1})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,7 +56,7 @@ class Dataset:
 
   Attributes:
     info: registry facts (name, task, labels, ...).
-    size: image side in pixels (one of ``registry.SIZES``).
+    size: image (volume) side in pixels (one of ``info.sizes``).
     train: training split.
     val: validation split.
     test: test split.
@@ -77,9 +77,13 @@ class Dataset:
     return self.info.channels
 
   @property
-  def image_shape(self) -> tuple[int, int, int]:
-    """``(H, W, ch)`` of every image."""
-    return (self.size, self.size, self.info.channels)
+  def image_shape(self) -> tuple[int, ...]:
+    """``(H, W, ch)`` of every image; ``(D, H, W, ch)`` of every 3D volume."""
+    return (self.size,) * self.info.dims + (self.info.channels,)
+
+  @property
+  def multi_label(self) -> bool:
+    return self.info.multi_label
 
   def split(self, name: str) -> Split:
     """Returns the split called ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
@@ -98,29 +102,25 @@ def resolve_info(name: str, size: int) -> DatasetInfo:
   """Checks that ``name`` and ``size`` are supported and returns the registry entry.
 
   Args:
-    name: MedMNIST flag, e.g. ``"pneumoniamnist"``.
-    size: image side in pixels.
+    name: MedMNIST flag, e.g. ``"pneumoniamnist"`` or ``"organmnist3d"``.
+    size: image (volume) side in pixels.
 
   Returns:
     The :class:`DatasetInfo` for ``name``.
 
   Raises:
-    DataError: unknown name, unsupported size, or a multi-label task.
+    DataError: unknown name or unsupported size.
   """
   info = registry.DATASETS.get(name)
   if info is None:
     raise DataError(
       f"Unknown MedMNIST dataset {name!r}. Valid names: {', '.join(sorted(registry.DATASETS))}."
     )
-  if size not in registry.SIZES:
+  if size not in info.sizes:
+    kind = "volume" if info.dims == 3 else "image"
     raise DataError(
-      f"Unsupported MedMNIST image size {size!r} for {name}. "
-      f"Valid sizes: {', '.join(map(str, registry.SIZES))}."
-    )
-  if info.multi_label:
-    raise DataError(
-      f"{name}: multi-label ChestMNIST is not supported yet "
-      f"(task {info.task!r}); choose a single-label dataset."
+      f"Unsupported MedMNIST {kind} size {size!r} for {name}. "
+      f"Valid sizes: {', '.join(map(str, info.sizes))} (--config.data.size)."
     )
   return info
 
@@ -133,13 +133,14 @@ def load(
   download: bool = True,
   verify_md5: bool = True,
 ) -> Dataset:
-  """Loads a MedMNIST 2D dataset from ``root``, downloading it if needed.
+  """Loads a MedMNIST dataset (2D or 3D) from ``root``, downloading it if needed.
 
   Args:
-    name: MedMNIST flag, e.g. ``"pneumoniamnist"`` or ``"pathmnist"``.
+    name: MedMNIST flag, e.g. ``"pneumoniamnist"``, ``"pathmnist"``,
+      ``"chestmnist"`` (multi-label) or ``"organmnist3d"`` (3D).
     root: folder holding the official ``.npz`` files; ``None`` means
       :func:`default_root`.
-    size: image side in pixels, one of ``registry.SIZES``.
+    size: image (volume) side in pixels, one of the dataset's ``info.sizes``.
     download: if the file is absent, fetch it from the official URL into
       ``root`` (via a temporary file, MD5-checked, then renamed into place,
       so a failed download never leaves a partial file).
@@ -149,11 +150,12 @@ def load(
       MD5-checked.
 
   Returns:
-    The :class:`Dataset`, images ``[N, size, size, ch]`` uint8, labels ``[N]`` int32.
+    The :class:`Dataset`, images ``[N, size, size, ch]`` (3D: ``[N, size, size,
+    size, ch]``) uint8, labels ``[N]`` int32 (multi-label: ``[N, L]`` int32).
 
   Raises:
-    DataError: unknown name or size, multi-label task, missing file that
-      cannot be downloaded, or a corrupt or malformed file.
+    DataError: unknown name or size, missing file that cannot be downloaded,
+      or a corrupt or malformed file.
   """
   info = resolve_info(name, size)
   root = os.path.expanduser(root) if root else default_root()
@@ -183,8 +185,9 @@ def from_arrays(
   Args:
     name: MedMNIST flag the arrays claim to be.
     arrays: the six official keys (``train_images`` ... ``test_labels``);
-      images ``[N, H, W]`` (gray) or ``[N, H, W, 3]`` (RGB) uint8, labels
-      ``[N, 1]`` integer.
+      images ``[N, H, W]`` (gray) or ``[N, H, W, 3]`` (RGB) uint8, 3D volumes
+      ``[N, D, H, W]`` uint8; labels ``[N, 1]`` integer (multi-label:
+      ``[N, L]`` of 0 / 1).
     size: expected image side in pixels.
     check_split_sizes: also require the official split sizes of the registry.
     source: what to call the arrays in error messages (e.g. a file path).
@@ -246,18 +249,27 @@ def _check_layout(
   image_shape, label_shape = tuple(image_shape), tuple(label_shape)
   if image_dtype != np.uint8:
     raise fail(f"images have dtype {image_dtype}, expected uint8")
-  # Gray files store [N, H, W]; accept [N, H, W, 1] too.
-  shape = image_shape + (1,) if info.channels == 1 and len(image_shape) == 3 else image_shape
-  expected = (size, size, info.channels)
-  if len(shape) != 4 or shape[1:] != expected:
-    stored = "[N, H, W]" if info.channels == 1 else "[N, H, W, 3]"
+  # Gray files store [N, H, W] ([N, D, H, W] in 3D); accept a trailing channel axis of 1 too.
+  spatial = (size,) * info.dims
+  if info.channels == 1 and len(image_shape) == 1 + info.dims:
+    shape = image_shape + (1,)
+  else:
+    shape = image_shape
+  if len(shape) != 2 + info.dims or shape[1:] != (*spatial, info.channels):
+    axes = "D, H, W" if info.dims == 3 else "H, W"
+    stored = f"[N, {axes}]" if info.channels == 1 else f"[N, {axes}, 3]"
+    what = "volumes" if info.dims == 3 else "images"
     raise fail(
-      f"images have shape {image_shape}, expected [N, {size}, {size}] "
+      f"{what} have shape {image_shape}, expected [N, {', '.join(map(str, spatial))}] "
       f"stored as {stored} ({info.channels} channel(s))"
     )
   if not np.issubdtype(label_dtype, np.integer):
     raise fail(f"labels have dtype {label_dtype}, expected an integer dtype")
-  if not (len(label_shape) == 1 or (len(label_shape) == 2 and label_shape[1] == 1)):
+  if info.multi_label:
+    if len(label_shape) != 2 or label_shape[1] != info.num_classes:
+      raise fail(f"labels have shape {label_shape}, expected [N, {info.num_classes}] "
+                 f"(one 0/1 column per finding of this multi-label task)")
+  elif not (len(label_shape) == 1 or (len(label_shape) == 2 and label_shape[1] == 1)):
     raise fail(f"labels have shape {label_shape}, expected [N, 1]")
   if label_shape[0] != image_shape[0]:
     raise fail(f"{image_shape[0]} images but {label_shape[0]} labels")
@@ -270,8 +282,14 @@ def _make_split(
   images, labels = np.asarray(images), np.asarray(labels)
   _check_layout(info, size, source, split, (images.shape, images.dtype),
                 (labels.shape, labels.dtype))
-  if images.ndim == 3:
+  if images.ndim == 1 + info.dims:
     images = images[..., None]
+  if info.multi_label:
+    if labels.size and (labels.min() < 0 or labels.max() > 1):
+      raise DataError(_corrupt_message(
+        info, size, source, f"{split}: multi-label labels span [{labels.min()}, {labels.max()}], "
+        "expected 0 / 1 per finding"))
+    return Split(images=images, labels=labels.astype(np.int32))
   labels = labels.reshape(-1)
   if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
     raise DataError(_corrupt_message(

@@ -1,10 +1,13 @@
 """Learnable synthetic data in the official MedMNIST ``.npz`` layout, for tests.
 
 Each class has a fixed spatial pattern: a Gaussian blob at its own position on
-a ring around the image centre (for RGB, also tinted with its own colour). An
-image is that pattern plus per-pixel Gaussian noise and a small brightness
-jitter, so a linear model separates the classes well above chance within a few
-dozen SGD steps, while the noise keeps the task from being trivial.
+a ring around the image centre (for RGB, also tinted with its own colour; for a
+3D volume, the ring also winds up and down through the depth). An image is that
+pattern plus per-pixel Gaussian noise and a small brightness jitter, so a
+linear model separates the classes well above chance within a few dozen SGD
+steps, while the noise keeps the task from being trivial. In a multi-label
+task (ChestMNIST) every finding has its blob, each example draws each finding
+independently, and its image holds the blobs of the findings it has.
 
 The patterns depend only on (number of classes, size, channels), never on the
 seed: files written with different seeds are samples of the same task.
@@ -21,31 +24,36 @@ from fedjax_med.data import medmnist
 from fedjax_med.errors import ConfigError
 
 
-def class_patterns(num_classes: int, size: int, channels: int) -> np.ndarray:
+def class_patterns(num_classes: int, size: int, channels: int, dims: int = 2) -> np.ndarray:
   """The noise-free class templates.
 
   Args:
     num_classes: number of classes K.
     size: image side in pixels.
     channels: 1 (gray) or 3 (RGB).
+    dims: 2 (images) or 3 (volumes).
 
   Returns:
-    ``[K, size, size, channels]`` float32 in [0, 1].
+    ``[K, size, size, channels]`` (3D: ``[K, size, size, size, channels]``)
+    float32 in [0, 1].
   """
   coords = np.linspace(-1.0, 1.0, size, dtype=np.float32)
-  yy, xx = np.meshgrid(coords, coords, indexing="ij")
+  grid = np.meshgrid(*([coords] * dims), indexing="ij")  # (z,) y, x
   angles = 2 * np.pi * np.arange(num_classes) / num_classes
   radius, sigma = 0.55, 0.25
-  cy, cx = radius * np.sin(angles), radius * np.cos(angles)  # [K]
-  dist2 = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2
-  blobs = np.exp(-dist2 / (2 * sigma**2))  # [K, H, W]
+  centres = [radius * np.sin(angles), radius * np.cos(angles)]  # y, x: [K] each
+  if dims == 3:
+    centres.insert(0, 0.4 * np.sin(2 * angles))  # z: up and down around the ring
+  expand = (slice(None),) + (None,) * dims
+  dist2 = sum((g[None] - c[expand]) ** 2 for g, c in zip(grid, centres, strict=True))
+  blobs = np.exp(-dist2 / (2 * sigma**2))  # [K, (D,) H, W]
   if channels == 1:
     colors = np.ones((num_classes, 1), np.float32)
   else:
     # A distinct hue per class, spread around the colour wheel.
     phases = angles[:, None] + 2 * np.pi * np.arange(3)[None] / 3
     colors = 0.6 + 0.4 * np.cos(phases)  # [K, 3]
-  return (blobs[..., None] * colors[:, None, None, :]).astype(np.float32)
+  return (blobs[..., None] * colors[(slice(None),) + (None,) * dims]).astype(np.float32)
 
 
 def make_arrays(
@@ -62,26 +70,34 @@ def make_arrays(
 
   Args:
     name: MedMNIST flag whose classes and channels to imitate.
-    size: image side in pixels, one of ``registry.SIZES``.
+    size: image (volume) side in pixels, one of the dataset's sizes.
     n_train: number of training examples.
     n_val: number of validation examples.
     n_test: number of test examples.
     seed: seed for labels, noise and jitter.
     class_probs: class frequencies (normalised here); ``None`` means uniform.
+      Multi-label: each finding's prevalence in [0, 1] (not normalised);
+      ``None`` means 0.2 each.
     noise: standard deviation of the per-pixel noise, in units of full scale.
 
   Returns:
     ``{"train_images", "train_labels", "val_images", ...}``: images ``uint8``
-    ``[N, size, size]`` (gray) or ``[N, size, size, 3]`` (RGB), labels
-    ``uint8`` ``[N, 1]``.
+    ``[N, size, size]`` (gray) or ``[N, size, size, 3]`` (RGB), 3D volumes
+    ``[N, size, size, size]``; labels ``uint8`` ``[N, 1]`` (multi-label:
+    ``[N, L]`` of 0 / 1).
 
   Raises:
-    DataError: unknown name, unsupported size, or multi-label task.
+    DataError: unknown name or unsupported size.
     ConfigError: bad ``class_probs`` or negative split sizes.
   """
   info = medmnist.resolve_info(name, size)
   k = info.num_classes
-  if class_probs is None:
+  if info.multi_label:
+    probs = np.full(k, 0.2) if class_probs is None else np.asarray(class_probs, np.float64)
+    if probs.shape != (k,) or np.any(probs < 0) or np.any(probs > 1):
+      raise ConfigError(f"class_probs must be {k} prevalences in [0, 1] for the multi-label "
+                        f"{name}; got {list(class_probs)}.")
+  elif class_probs is None:
     probs = np.full(k, 1.0 / k)
   else:
     probs = np.asarray(class_probs, np.float64)
@@ -91,21 +107,27 @@ def make_arrays(
         f"got {list(class_probs)}."
       )
     probs = probs / probs.sum()
-  patterns = class_patterns(k, size, info.channels)
+  patterns = class_patterns(k, size, info.channels, info.dims)
   rng = np.random.default_rng(seed)
   arrays = {}
   for split, n in zip(medmnist.SPLITS, (n_train, n_val, n_test), strict=True):
     if n < 0:
       raise ConfigError(f"n_{split} must be >= 0, got {n}.")
-    labels = rng.choice(k, size=n, p=probs)
-    brightness = rng.uniform(-0.05, 0.05, size=(n, 1, 1, 1)).astype(np.float32)
-    pixels = 0.25 + 0.5 * patterns[labels] + brightness
+    if info.multi_label:
+      labels = (rng.random((n, k)) < probs).astype(np.uint8)
+      signal = np.clip(np.tensordot(labels.astype(np.float32), patterns, axes=1), 0.0, 1.0)
+    else:
+      labels = rng.choice(k, size=n, p=probs)
+      signal = patterns[labels]
+    brightness = rng.uniform(-0.05, 0.05, size=(n,) + (1,) * (info.dims + 1)).astype(np.float32)
+    pixels = 0.25 + 0.5 * signal + brightness
     pixels += noise * rng.standard_normal(pixels.shape, dtype=np.float32)
     images = np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
     if info.channels == 1:
-      images = images[..., 0]  # Official gray files are [N, H, W].
+      images = images[..., 0]  # Official gray files are [N, H, W] ([N, D, H, W]).
     arrays[f"{split}_images"] = images
-    arrays[f"{split}_labels"] = labels.astype(np.uint8)[:, None]
+    arrays[f"{split}_labels"] = (labels if info.multi_label
+                                 else labels.astype(np.uint8)[:, None])
   return arrays
 
 

@@ -65,10 +65,25 @@ def test_bad_class_probs(probs):
 
 
 def test_rejects_what_load_rejects():
-  with pytest.raises(errors.DataError, match="multi-label"):
-    synthetic.make_arrays("chestmnist")
   with pytest.raises(errors.DataError, match="Valid sizes"):
     synthetic.make_arrays(size=30)
+  with pytest.raises(errors.DataError, match="Valid sizes: 28, 64 "):
+    synthetic.make_arrays("synapsemnist3d", size=128)
+
+
+def test_multi_label_prevalence():
+  arrays = synthetic.make_arrays("chestmnist", n_train=4000, n_val=0, n_test=0,
+                                 class_probs=[0.5] + [0.1] * 13)
+  np.testing.assert_allclose(arrays["train_labels"].mean(0), [0.5] + [0.1] * 13, atol=0.03)
+  with pytest.raises(errors.ConfigError, match="prevalences in"):
+    synthetic.make_arrays("chestmnist", class_probs=[2.0] * 14)
+
+
+def test_3d_patterns_differ_by_class():
+  patterns = synthetic.class_patterns(3, 8, 1, dims=3)
+  assert patterns.shape == (3, 8, 8, 8, 1)
+  flat = patterns.reshape(3, -1)
+  assert np.all(np.abs(flat[:, None] - flat[None]).sum(-1)[~np.eye(3, dtype=bool)] > 1.0)
 
 
 def _softmax_regression_accuracy(ds: medmnist.Dataset, steps: int = 30, lr: float = 0.5) -> float:
