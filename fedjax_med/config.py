@@ -144,6 +144,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.data.name} exists at sizes {sizes}; choose one of them")
   _check(config.data.augment in augment.KINDS, "data.augment", config.data.augment,
          f"choose one of {augment.KINDS}")
+  sided = augment.sided_labels(registry.DATASETS[config.data.name].labels)
+  _check(config.data.augment != "flip_shift" or not sided, "data.augment", config.data.augment,
+         f"a left-right flip would swap {config.data.name}'s sided classes "
+         f"({', '.join(sided[:2])}, ...); use --config.data.augment=shift")
   _check(config.model.name in model_registry.names(), "model.name", config.model.name,
          f"choose one of {model_registry.names()}")
   _check(config.model.conv_impl in layers.IMPLS, "model.conv_impl", config.model.conv_impl,

@@ -4,12 +4,14 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fedjax_med import config_files
 from fedjax_med.cli import commands
@@ -208,3 +210,17 @@ def test_wheel_installs_and_runs_outside_the_clone(tmp_path):
   assert cmds and all(c.startswith("$ python -m fedjax_med.cli.train --config=configs/quickstart.py "
                                    "--workdir=sweep/") for c in cmds)
   assert not (work / "sweep" / "sweep.json").exists()
+
+
+def test_every_extra_is_used_by_the_code():
+  """Nothing advertised that does not run: each extra's packages are imported by the project."""
+  extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+      "optional-dependencies"]
+  sources = "\n".join(p.read_text() for folder in ("fedjax_med", "analysis")
+                      for p in (REPO / folder).rglob("*.py"))
+  for extra, requirements in extras.items():
+    if extra == "dev":
+      continue
+    for requirement in requirements:
+      module = re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].replace("-", "_")
+      assert re.search(rf"^\s*(import|from) {module}\b", sources, re.M), (extra, module)

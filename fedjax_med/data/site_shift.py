@@ -6,16 +6,21 @@ profile and renders its training images through it, once, before training:
 
 - gamma ``g = exp(N(0, 0.4 s))`` (contrast curve ``x ** g``),
 - intensity bias ``b ~ N(0, 0.08 s)`` (added, in [0, 1] units),
-- blur: a 3x3 box blur mixed in with weight ``w ~ U(0, s)`` (clipped to 1),
+- blur: a 3x3 box blur (3x3x3 for 3D volumes) mixed in with weight ``w ~ U(0, s)``
+  (clipped to 1),
 - noise: Gaussian with std ``|N(0, 0.05 s)|`` per client, fresh per pixel.
 
-``s = strength`` (0 = no shift, 1 = strong). Pure numpy and seeded by
+``s = strength`` (0 = no shift, 1 = strong). Images ``[N, H, W, ch]`` and 3D
+volumes ``[N, D, H, W, ch]`` alike (intensity, gamma and noise per voxel, blur
+over every spatial axis). Pure numpy and seeded by
 ``(seed, client)``; the test split stays unshifted (the global model is evaluated
 on the pooled, unshifted test split), and ``render`` shows a client's view of
 any images (used for per-client test accuracy, ``fedjax_med/evaluation.py``).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -37,14 +42,16 @@ def profiles(num_clients: int, strength: float, seed: int) -> dict[str, np.ndarr
 
 
 def _box_blur(x: np.ndarray) -> np.ndarray:
-  """3x3 mean filter with edge padding over [N, H, W, ch]."""
-  p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-  h, w = x.shape[1], x.shape[2]
-  return sum(p[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
+  """3x3 (3D: 3x3x3) mean filter with edge padding over [N, H, W, ch] ([N, D, H, W, ch])."""
+  spatial = x.shape[1:-1]
+  p = np.pad(x, ((0, 0), *((1, 1),) * len(spatial), (0, 0)), mode="edge")
+  windows = (p[(slice(None), *(slice(o, o + n) for o, n in zip(offset, spatial, strict=True)))]
+             for offset in itertools.product(range(3), repeat=len(spatial)))
+  return sum(windows) / float(3 ** len(spatial))
 
 
 def apply(images: np.ndarray, partition: Partition, strength: float, seed: int) -> np.ndarray:
-  """A copy of ``images`` [N, H, W, ch] uint8 with each client's examples shifted.
+  """A copy of ``images`` [N, H, W, ch] (or [N, D, H, W, ch]) uint8, each client's examples shifted.
 
   Examples are shifted by the profile of the client that owns them.
   """
@@ -61,7 +68,7 @@ def apply(images: np.ndarray, partition: Partition, strength: float, seed: int) 
 
 
 def render(images: np.ndarray, client: int, prof: dict[str, np.ndarray], seed: int) -> np.ndarray:
-  """``images`` [N, H, W, ch] uint8 as client ``client``'s scanner (``prof = profiles(...)``) sees them."""
+  """``images`` [N, (D,) H, W, ch] uint8 as client ``client``'s scanner (``prof = profiles(...)``) sees them."""
   c = client
   x = images.astype(np.float32) / 255.0
   x = (1 - prof["blur"][c]) * x + prof["blur"][c] * _box_blur(x)

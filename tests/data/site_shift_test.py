@@ -40,3 +40,29 @@ def test_bad_strength_is_a_config_error():
   images, part = _setup()
   with pytest.raises(errors.ConfigError, match="strength"):
     site_shift.apply(images, part, -1.0, seed=0)
+
+
+def test_box_blur_3d_matches_a_loop():
+  x = np.random.default_rng(1).random((2, 4, 5, 3, 1)).astype(np.float32)
+  p = np.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)), mode="edge")
+  ref = np.zeros_like(x)
+  for n in range(2):
+    for d in range(4):
+      for h in range(5):
+        for w in range(3):
+          ref[n, d, h, w] = p[n, d:d + 3, h:h + 3, w:w + 3].mean(axis=(0, 1, 2))
+  np.testing.assert_allclose(site_shift._box_blur(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_3d_volumes_get_each_clients_scanner():
+  rng = np.random.default_rng(2)
+  volumes = rng.integers(0, 256, (40, 6, 6, 6, 1)).astype(np.uint8)
+  part = partition.iid(40, 4, seed=0)
+  shifted = site_shift.apply(volumes, part, 1.5, seed=3)
+  assert shifted.shape == volumes.shape and shifted.dtype == np.uint8
+  means = [float(shifted[part.client(c)].mean() - volumes[part.client(c)].mean())
+           for c in range(4)]
+  assert np.ptp(means) > 2.0
+  prof = site_shift.profiles(4, 1.5, 3)
+  np.testing.assert_array_equal(shifted[part.client(2)],
+                                site_shift.render(volumes[part.client(2)], 2, prof, 3))
