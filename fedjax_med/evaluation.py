@@ -6,6 +6,17 @@ shape, so the step compiles once) and returns loss, accuracy, balanced
 accuracy, per-class recall and ROC-AUC (binary: the positive class's score;
 multi-class: the mean one-vs-rest AUC, as MedMNIST reports it).
 
+**Multi-label** (ChestMNIST, labels ``[N, L]`` in {0, 1}): the probabilities are
+the sigmoid of each label's logit and every metric is a mean over the L labels,
+each label a binary task at threshold 0.5: ``loss`` the sigmoid binary
+cross-entropy; ``accuracy`` MedMNIST's ACC (per-label accuracy);
+``balanced_accuracy`` the per-label ``(TPR + TNR) / 2`` (sklearn's
+``balanced_accuracy_score`` of the label: over the values present, so a label
+without positives counts its TNR alone); ``recall[l]`` label ``l``'s
+sensitivity (TPR; ``None`` without positives); ``auc`` MedMNIST's mean
+per-label AUC, over the labels where it is defined (both values present;
+``auc_undefined_labels`` counts the others).
+
 **Per site.** A federated model that is accurate on the pooled test split can
 still fail a hospital whose patients (label mix) or scanner (site shift)
 differ. Every client keeps a seeded held-out share of its own partition
@@ -32,14 +43,18 @@ from fedjax_med import batching, data, metrics, tasks
 from fedjax_med.partition.base import Partition
 
 
-def make_eval_fn(model):
-  """Jitted ``(params, images, labels, mask) -> (EvalMetrics, probs [B, K])`` in eval mode."""
+def make_eval_fn(model, multi_label: bool = False):
+  """Jitted ``(params, images, labels, mask) -> (EvalMetrics, probs [B, K])`` in eval mode.
+
+  ``probs`` is the softmax of the logits, or (``multi_label``) each label's sigmoid.
+  """
   predict = tasks.make_predict_fn(model)
 
   @jax.jit
   def eval_fn(params, images, labels, mask):
     logits = predict(params, images)
-    return metrics.eval_batch_metrics(logits, labels, mask), jax.nn.softmax(logits)
+    probs = jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits)
+    return metrics.eval_batch_metrics(logits, labels, mask, multi_label), probs
 
   return eval_fn
 
@@ -54,17 +69,64 @@ def predict(eval_fn, params, images: np.ndarray, labels: np.ndarray, batch_size:
   return collected, np.concatenate(probs)
 
 
-def predict_probs(eval_fn, params, images: np.ndarray, batch_size: int) -> np.ndarray:
-  """Class probabilities [N, K] of ``params`` on ``images``."""
-  return predict(eval_fn, params, images, np.zeros(len(images), np.int32), batch_size)[1]
+def predict_probs(eval_fn, params, images: np.ndarray, batch_size: int,
+                  label_shape: tuple[int, ...] = ()) -> np.ndarray:
+  """Class probabilities [N, K] of ``params`` on ``images``.
+
+  ``label_shape``: the shape of one example's label, ``()`` or (multi-label) ``(L,)``:
+  the placeholder labels ``eval_fn`` is called with.
+  """
+  placeholder = np.zeros((len(images), *label_shape), np.int32)
+  return predict(eval_fn, params, images, placeholder, batch_size)[1]
+
+
+def is_multi_label(labels: np.ndarray) -> bool:
+  """``[N, L]`` multi-hot labels (L > 1), not ``[N]`` / ``[N, 1]`` class ids."""
+  return np.ndim(labels) == 2 and np.shape(labels)[1] > 1
+
+
+def multi_label_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+  """``class_metrics`` of a multi-label task: means over the labels at threshold 0.5.
+
+  Label ``l`` is predicted positive when ``probs[:, l] > 0.5``. ``accuracy`` is
+  the mean per-label accuracy (MedMNIST's ACC); ``balanced_accuracy`` the mean
+  over labels of the mean of TPR and TNR, over the values present in that
+  label (a label without positives counts its TNR); ``recall[l]`` the TPR of
+  label ``l`` (``None`` without positives); ``auc`` the mean per-label AUC over
+  the labels that have one, ``auc_undefined_labels`` how many do not.
+  """
+  labels = np.asarray(labels) > 0
+  if probs.shape != labels.shape:
+    raise ValueError(f"multi-label probs {probs.shape} and labels {labels.shape} differ")
+  n = len(labels)
+  pred = probs > 0.5
+  pos = labels.sum(0)  # [L]
+  neg = n - pos
+  tpr = np.where(pos > 0, (pred & labels).sum(0) / np.maximum(pos, 1), np.nan)
+  tnr = np.where(neg > 0, (~pred & ~labels).sum(0) / np.maximum(neg, 1), np.nan)
+  both = np.stack([tpr, tnr])  # [2, L]
+  present = ~np.isnan(both)
+  per_label_balanced = np.nansum(both, 0) / np.maximum(present.sum(0), 1)
+  per_label_auc = metrics.per_label_auc(probs, labels)
+  defined = ~np.isnan(per_label_auc)
+  return {
+      "accuracy": float((pred == labels).mean()) if n else float("nan"),
+      "balanced_accuracy": float(per_label_balanced.mean()) if n else float("nan"),
+      "recall": [None if np.isnan(r) else float(r) for r in tpr],
+      "auc": float(per_label_auc[defined].mean()) if defined.any() else None,
+      "auc_undefined_labels": int((~defined).sum()),
+  }
 
 
 def class_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
   """Accuracy, balanced accuracy, per-class recall and AUC from probabilities [N, K].
 
   ``recall[k]`` is ``None`` for a class absent from ``labels``; balanced
-  accuracy is the mean recall over the classes present.
+  accuracy is the mean recall over the classes present. ``[N, L]`` multi-hot
+  labels are a multi-label task: :func:`multi_label_metrics`.
   """
+  if is_multi_label(labels):
+    return multi_label_metrics(probs, labels)
   labels = np.asarray(labels).reshape(-1)
   num_classes = probs.shape[1]
   correct = (np.argmax(probs, axis=-1) == labels).astype(np.float64)
@@ -88,6 +150,8 @@ def evaluate(eval_fn, params, split: data.Split, batch_size: int) -> dict:
   extra = class_metrics(probs, split.labels)
   result.update(balanced_accuracy=extra["balanced_accuracy"], recall=extra["recall"],
                 auc=metrics.auc(probs, split.labels))
+  if "auc_undefined_labels" in extra:  # multi-label only: single-label records are unchanged
+    result["auc_undefined_labels"] = extra["auc_undefined_labels"]
   return result
 
 
@@ -150,7 +214,7 @@ class Evaluator:
   """
 
   def __init__(self, model, dataset: data.Dataset, sites: Partition, *, batch_size: int):
-    self.eval_fn = make_eval_fn(model)
+    self.eval_fn = make_eval_fn(model, multi_label=dataset.multi_label)
     self.dataset, self.site_test, self.batch_size = dataset, sites, batch_size
 
   def splits(self, params, names=("val", "test")) -> dict[str, dict]:
@@ -173,11 +237,12 @@ class Evaluator:
     if int(self.site_test.sizes.sum()) == 0:
       return None
     bs = self.batch_size
+    train = self.dataset.train
+    label_shape = train.labels.shape[1:]
 
     def predict_fn(c, images):
-      return predict_probs(self.eval_fn, model_for(c), images, bs)
+      return predict_probs(self.eval_fn, model_for(c), images, bs, label_shape)
 
-    train = self.dataset.train
     per_site = site_metrics(predict_fn, train.images, train.labels, self.site_test)
     took_part = (np.ones(len(per_site), bool) if participated is None
                  else np.asarray(participated, bool))

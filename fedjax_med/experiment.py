@@ -139,7 +139,11 @@ class Experiment(NamedTuple):
 
 
 def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> partition.Partition:
-  """The partition of the training labels that ``config.partition`` describes."""
+  """The partition of the training labels that ``config.partition`` describes.
+
+  Multi-label ``[N, L]`` labels are dealt by their ``partition.label_summary``
+  (no finding, or the example's rarest finding) where the kind skews labels.
+  """
   p = config.partition
   return partition.make_partition(
       p.kind, labels, config.fl.num_clients, config.seed, alpha=p.alpha, min_size=p.min_size,
@@ -232,7 +236,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       conv_impl=config.model.conv_impl, local_unroll=fl.local_unroll)
   model = models.get_model(config.model.name, ds.num_classes, conv_impl=eng.conv_impl,
                            norm=config.model.norm)
-  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment)
+  loss_fn = tasks.make_loss_fn(model, augment=config.data.augment, multi_label=ds.multi_label)
   compressor = make_compressor(config)
   local_steps = fl.local_steps
   if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
@@ -247,7 +251,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       config.aggregator.name,
       **{k: config.aggregator[k] for k in algorithms.aggregators.PARAMS[config.aggregator.name]})
   attack = algorithms.attacks.make(config.attack.kind, fl.num_clients, config.attack.fraction,
-                                   config.seed, config.attack.scale, ds.num_classes)
+                                   config.seed, config.attack.scale, ds.num_classes,
+                                   multi_label=ds.multi_label)
   if attack is not None:
     log.info("attack %s (scale %g): malicious clients %s", attack.kind, attack.scale,
              list(attack.malicious))

@@ -4,7 +4,10 @@ Loss and accuracy are accumulated over padded eval batches with masked
 ``clu.metrics`` collections; ROC-AUC needs every score, so it is computed on the
 host from the gathered class probabilities (rank statistic, ties averaged),
 the same definition as MedMNIST's evaluator: the positive-class score for
-binary tasks, the mean of one-vs-rest AUCs for multi-class ones.
+binary tasks, the mean of one-vs-rest AUCs for multi-class ones, and for a
+multi-label task (ChestMNIST) the mean over labels of each label's AUC of its
+sigmoid probability. Multi-label accuracy is MedMNIST's ACC: each label
+predicted positive at probability > 0.5, the per-label accuracies averaged.
 """
 
 # No ``from __future__ import annotations``: clu reads the metric classes from
@@ -21,6 +24,8 @@ import numpy as np
 import optax
 from clu import metrics as clu_metrics
 
+from fedjax_med import tasks
+
 
 @flax.struct.dataclass
 class EvalMetrics(clu_metrics.Collection):
@@ -28,9 +33,31 @@ class EvalMetrics(clu_metrics.Collection):
   accuracy: clu_metrics.Accuracy
 
 
-def eval_batch_metrics(logits, labels, mask) -> EvalMetrics:
-  """Masked loss/accuracy of one padded batch (jit-able)."""
+@flax.struct.dataclass
+class MultiLabelEvalMetrics(clu_metrics.Collection):
+  """Multi-label: mean sigmoid BCE and MedMNIST's ACC (both averaged over the labels)."""
+
+  loss: clu_metrics.Average.from_output("loss")
+  accuracy: clu_metrics.Average.from_output("accuracy")
+
+
+def eval_batch_metrics(logits, labels, mask, multi_label: bool = False):
+  """Masked loss/accuracy of one padded batch (jit-able).
+
+  Args:
+    logits: [B, K].
+    labels: [B] class ids, or (``multi_label``) [B, K] labels in {0, 1}.
+    mask: [B] bool, False for padding.
+    multi_label: ``MultiLabelEvalMetrics`` (mean BCE over the labels; accuracy
+      at threshold 0.5 averaged over the labels) instead of ``EvalMetrics``.
+  """
   labels = jnp.asarray(labels, jnp.int32)
+  if multi_label:
+    # Every example has all K labels, so the mean over examples of an example's
+    # fraction of correct labels is the mean over labels of the per-label accuracy.
+    return MultiLabelEvalMetrics.single_from_model_output(
+        loss=tasks.example_loss(logits, labels, True),
+        accuracy=tasks.example_accuracy(logits, labels, True), mask=mask)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return EvalMetrics.single_from_model_output(logits=logits, labels=labels, loss=loss, mask=mask)
 
@@ -59,8 +86,30 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
   return float(u / (n_pos * n_neg))
 
 
+def per_label_auc(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """[L] ROC-AUC of each label's probability ``probs[:, l]`` for ``labels[:, l] == 1``.
+
+  NaN for a label whose column holds one value only (no positive or no negative).
+  """
+  labels = np.asarray(labels)
+  if labels.shape != probs.shape:
+    raise ValueError(f"multi-label probs {probs.shape} and labels {labels.shape} differ")
+  return np.array([roc_auc(probs[:, k], labels[:, k] == 1) for k in range(probs.shape[1])],
+                  np.float64)
+
+
 def auc(probs: np.ndarray, labels: np.ndarray) -> float:
-  """ROC-AUC as MedMNIST reports it (binary: class-1 score; else mean one-vs-rest)."""
+  """ROC-AUC as MedMNIST reports it (binary: class-1 score; else mean one-vs-rest).
+
+  ``labels`` [N] class ids, or [N, L] multi-hot labels (the same shape as
+  ``probs``): then the mean of :func:`per_label_auc` over the labels where it
+  is defined (MedMNIST's evaluator would fail on a label without both values).
+  NaN when no class (label) has an AUC.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim == 2 and labels.shape[1] > 1:
+    per_label = per_label_auc(probs, labels)
+    return float(np.nanmean(per_label)) if not np.all(np.isnan(per_label)) else float("nan")
   num_classes = probs.shape[1]
   if num_classes == 2:
     return roc_auc(probs[:, 1], labels == 1)

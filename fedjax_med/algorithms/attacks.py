@@ -5,8 +5,10 @@ A seeded, fixed set of the federation's clients is malicious for the whole run
 they do. Honest clients are never touched. Two families:
 
 - **data poisoning** (``label_flip``): a malicious client trains honestly on
-  flipped labels ``y -> K - 1 - y`` (binary: 0 <-> 1). It needs nothing but
-  its own data, so it costs nothing extra.
+  flipped labels ``y -> K - 1 - y`` (binary: 0 <-> 1). Multi-label data
+  (ChestMNIST) flips every label the same way, ``y_l -> 1 - y_l``: each finding
+  is a binary task, so a "no finding" image is labelled with every finding and
+  the reverse. It needs nothing but its own data, so it costs nothing extra.
 - **model poisoning**: a malicious client trains, then replaces the update it
   sends (Byzantine clients; the server sees only the update):
 
@@ -71,6 +73,7 @@ class Attack(NamedTuple):
     num_clients: N, the federation's clients.
     scale: the kind's strength (``DEFAULT_SCALE`` when built with 0).
     num_classes: K (``label_flip``).
+    multi_label: labels are ``[..., L]`` in {0, 1}; ``label_flip`` flips each of them.
   """
 
   kind: str
@@ -78,6 +81,7 @@ class Attack(NamedTuple):
   num_clients: int
   scale: float = 0.0
   num_classes: int = 0
+  multi_label: bool = False
 
   @property
   def poisons_updates(self) -> bool:
@@ -97,8 +101,11 @@ def choose_malicious(num_clients: int, fraction: float, seed: int) -> tuple[int,
 
 
 def make(kind: str, num_clients: int, fraction: float, seed: int, scale: float = 0.0,
-         num_classes: int = 0) -> Attack | None:
+         num_classes: int = 0, multi_label: bool = False) -> Attack | None:
   """An :class:`Attack` on a seeded ``fraction`` of ``num_clients`` (``None`` for ``"none"``).
+
+  ``multi_label``: the data's labels are ``[..., L]`` in {0, 1} (``label_flip``
+  flips each one); ``num_classes`` is then L.
 
   Raises:
     ValueError: unknown kind, fraction outside [0, 1), a negative or non-finite
@@ -118,7 +125,7 @@ def make(kind: str, num_clients: int, fraction: float, seed: int, scale: float =
     if num_classes < 2:
       raise ValueError(f"label_flip needs num_classes >= 2, got {num_classes}")
   return Attack(kind, choose_malicious(num_clients, fraction, seed), num_clients,
-                float(scale or DEFAULT_SCALE[kind]), int(num_classes))
+                float(scale or DEFAULT_SCALE[kind]), int(num_classes), bool(multi_label))
 
 
 def malicious_slots(attack: Attack, client_id: types.Array, weight: types.Array) -> types.Array:
@@ -130,12 +137,16 @@ def malicious_slots(attack: Attack, client_id: types.Array, weight: types.Array)
 
 
 def poison_data(attack: Attack, clients: types.ClientBatch) -> types.ClientBatch:
-  """The round's batch with the malicious clients' labels flipped (``label_flip``; else as is)."""
+  """The round's batch with the malicious clients' labels flipped (``label_flip``; else as is).
+
+  ``y -> K - 1 - y``, or for multi-label ``[C, S, B, L]`` labels ``y_l -> 1 - y_l``.
+  """
   if attack.kind != "label_flip":
     return clients
   mal = malicious_slots(attack, clients.client_id, clients.weight)
   mal = mal.reshape(mal.shape + (1,) * (clients.label.ndim - 1))
-  flipped = (attack.num_classes - 1 - clients.label).astype(clients.label.dtype)
+  top = 1 if attack.multi_label else attack.num_classes - 1
+  flipped = (top - clients.label).astype(clients.label.dtype)
   return clients._replace(label=jnp.where(mal, flipped, clients.label))
 
 

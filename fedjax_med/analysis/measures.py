@@ -114,7 +114,7 @@ def make_sharpness_fn(model: nn.Module, options: SharpnessOptions = SharpnessOpt
     def m_sharp(f, p, k, images, labels, model_state):
       nb = labels.shape[0] // o.m
       batches = (images[: nb * o.m].reshape(nb, o.m, *images.shape[1:]),
-                 labels[: nb * o.m].reshape(nb, o.m))
+                 labels[: nb * o.m].reshape(nb, o.m, *labels.shape[1:]))
       loss = objective.batch_loss_fn(model, model_state)
       return sharpness.m_sharpness(loss, p, batches, o.rho, steps=o.m_steps)
 
@@ -247,7 +247,7 @@ def landscape_report(
     model: the flax module.
     variables: model A's variables (the origin of the slices).
     images: ``[N, H, W, ch]`` evaluation subset.
-    labels: ``[N]``.
+    labels: ``[N]`` (multi-label: ``[N, L]``).
     key: PRNG key of the two random directions.
     other: model B's variables: adds the interpolation A -> B and their distance.
     trajectory: variables with leaves stacked ``[K, ...]`` (checkpoints in

@@ -2,7 +2,9 @@
 
 Each kind maps ``(labels or N, num_clients, seed, ...)`` to a :class:`Partition`
 that gives every training example to exactly one client. :func:`make_partition`
-picks the kind by name (the config's ``partition.kind``).
+picks the kind by name (the config's ``partition.kind``). Multi-label data
+(ChestMNIST) is partitioned and measured on a one-class-per-example
+:func:`label_summary`: no finding, or the example's rarest finding.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from fedjax_med.partition.base import (
     check_labels,
     check_partition,
     heterogeneity,
+    is_multi_label,
     label_histogram,
+    label_summary,
     summarize,
 )
 from fedjax_med.partition.dirichlet import dirichlet
@@ -48,8 +52,10 @@ def make_partition(
 
   Args:
     kind: one of :data:`KINDS`.
-    labels: [N] or [N, 1] class ids of the training split ([N, L] multi-label
-      labels work for ``"iid"`` and ``"quantity"``, which only use N).
+    labels: [N] or [N, 1] class ids of the training split, or [N, L] multi-hot
+      labels: ``"dirichlet"`` and ``"shards"`` then deal their
+      :func:`label_summary` (0 = no finding, ``1 + l`` = the example's rarest
+      finding); ``"iid"`` and ``"quantity"`` only use N.
     num_clients: the number of clients.
     seed: a non-negative integer.
     alpha: Dirichlet concentration.
@@ -97,7 +103,9 @@ __all__ = [
     "dirichlet",
     "heterogeneity",
     "iid",
+    "is_multi_label",
     "label_histogram",
+    "label_summary",
     "make_partition",
     "quantity",
     "shards",

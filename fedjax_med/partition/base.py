@@ -177,25 +177,81 @@ def check_seed(seed: Any) -> int:
   return check_int("seed", seed, minimum=0)
 
 
-def check_labels(labels: Any) -> np.ndarray:
-  """Returns single-label class ids as a [N] int64 array.
+def is_multi_label(labels: Any) -> bool:
+  """``[N, L]`` multi-hot labels with L > 1 (not MedMNIST's ``[N, 1]`` class ids)."""
+  return np.ndim(labels) == 2 and np.shape(labels)[1] > 1
+
+
+def label_summary(labels: Any) -> np.ndarray:
+  """One class per example of multi-label data: 0 = no finding, ``1 + l`` = its rarest finding.
+
+  Label-skew partitions (Dirichlet, shards) and the skew measures need one class
+  per example. An example with no positive label (ChestMNIST: "no finding")
+  is class 0; any other is ``1 + l`` for ``l`` the finding it has that is the
+  rarest in ``labels`` (fewest positives; ties to the lower index). The
+  rarest, not the most frequent: an example with a rare finding often has a
+  common one too, so summarizing by the most frequent would hide the rare
+  findings inside the common ones' classes and a skewed partition would only
+  move the common ones. Taking rare labels first is also how multi-label data
+  is stratified (Sechidis et al., "On the stratification of multi-label data",
+  ECML PKDD 2011). A Dirichlet partition of the summary thus skews both how
+  many healthy patients a site sees and which findings its sick patients have.
+
+  Rank the findings on the whole training split, as ``make_partition`` and
+  ``heterogeneity`` do: the summary of a subset may rank them differently.
 
   Args:
-    labels: [N] or [N, 1] (MedMNIST's layout) non-negative integer labels.
+    labels: [N, L] multi-hot labels, integers in {0, 1}, L >= 2.
+
+  Returns:
+    [N] int64 summary classes in ``[0, L]``.
+
+  Raises:
+    errors.ConfigError: not [N, L] labels in {0, 1}.
+  """
+  labels = np.asarray(labels)
+  if not is_multi_label(labels):
+    raise errors.ConfigError(
+        f"label_summary needs [N, L] multi-hot labels with L >= 2, got shape {labels.shape}")
+  if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+    raise errors.ConfigError(f"multi-label labels must be integers, got dtype {labels.dtype}")
+  if labels.size and (labels.min() < 0 or labels.max() > 1):
+    raise errors.ConfigError(
+        f"multi-label labels must be 0 or 1, got values in [{labels.min()}, {labels.max()}]")
+  num_labels = labels.shape[1]
+  positives = labels.astype(np.int64).sum(0)  # [L]
+  rarest_first = np.lexsort((np.arange(num_labels), positives))  # [L] label ids
+  rank = np.empty(num_labels, np.int64)
+  rank[rarest_first] = np.arange(num_labels)
+  best = np.where(labels > 0, rank[None, :], num_labels).min(1)  # [N]; L = no finding
+  return np.where(best == num_labels, 0,
+                  rarest_first[np.minimum(best, num_labels - 1)] + 1).astype(np.int64)
+
+
+def check_labels(labels: Any) -> np.ndarray:
+  """Returns one class id per example as a [N] int64 array.
+
+  Args:
+    labels: [N] or [N, 1] (MedMNIST's layout) non-negative integer labels, or
+      [N, L] multi-hot labels (ChestMNIST), which become their
+      :func:`label_summary` (0 = no finding, ``1 + l`` = the rarest finding).
 
   Returns:
     [N] int64 labels.
 
   Raises:
-    errors.ConfigError: empty, multi-label, non-integer or negative labels.
+    errors.ConfigError: empty, non-integer or negative labels, or multi-hot
+      labels outside {0, 1}.
   """
   labels = np.asarray(labels)
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
-  if labels.ndim != 1:
+  if is_multi_label(labels) and len(labels):
+    return label_summary(labels)
+  if labels.ndim != 1 and len(labels):
     raise errors.ConfigError(
-        f"label-based partitions need one class per example ([N] or [N, 1] labels), got "
-        f"shape {labels.shape}; for multi-label data use kind 'iid' or 'quantity'"
+        f"label-based partitions need [N] or [N, 1] class ids or [N, L] multi-hot labels, got "
+        f"shape {labels.shape}"
     )
   if len(labels) == 0:
     raise errors.ConfigError("cannot partition an empty training split")
@@ -207,6 +263,9 @@ def check_labels(labels: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- summary
+
+# What the classes of a multi-label partition summary are (partition.json).
+SUMMARY_CLASSES = "0 = no finding; 1 + l = finding l, the example's rarest in the training split"
 
 
 def label_histogram(partition: Partition, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -251,17 +310,32 @@ def label_histogram(partition: Partition, labels: np.ndarray, num_classes: int) 
   return hist.astype(np.int64)
 
 
+def _summary_histogram(partition: Partition, labels: np.ndarray, num_classes: int
+                       ) -> np.ndarray:
+  """``label_histogram`` of single-label data; of the ``label_summary`` of multi-hot labels
+  ([num_clients, L + 1]: no finding, then each rarest finding)."""
+  if not is_multi_label(labels):
+    return label_histogram(partition, labels, num_classes)
+  num_classes = check_int("num_classes", num_classes, minimum=1)
+  if np.shape(labels)[1] != num_classes:
+    raise errors.ConfigError(
+        f"multi-label labels must be [N, num_classes={num_classes}], got {np.shape(labels)}")
+  return label_histogram(partition, label_summary(labels), num_classes + 1)
+
+
 def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) -> dict[str, float]:
   """The label and quantity skew a partition realizes, as a few scalars.
 
   A client's label mix is its normalised label histogram (see
   :func:`label_histogram`); clients with no labels are left out of the label
-  measures.
+  measures. Multi-label data is measured on its :func:`label_summary` (the
+  classes the label-skew partitions deal): ``num_classes + 1`` summary classes,
+  no finding and each rarest finding.
 
   Args:
     partition: the partition (covering ``arange(N)``).
     labels: [N] or [N, 1] class ids, or [N, L] multi-hot labels.
-    num_classes: the number of classes.
+    num_classes: the number of classes (multi-label: L).
 
   Returns:
     A dict of floats: ``label_tv_mean`` and ``label_tv_max``, the mean and largest
@@ -273,7 +347,7 @@ def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) ->
     clients approach); and ``size_cv``, the coefficient of variation (std / mean)
     of the client sizes (0 = equal sizes).
   """
-  return _heterogeneity(label_histogram(partition, labels, num_classes), partition.sizes)
+  return _heterogeneity(_summary_histogram(partition, labels, num_classes), partition.sizes)
 
 
 def _mixes(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -313,14 +387,16 @@ def summarize(partition: Partition, labels: np.ndarray, num_classes: int) -> dic
   Label skew is the total-variation (TV) distance
   ``0.5 * sum_k |p_client(k) - p_global(k)|`` between each client's label
   distribution and the global one: 0 for a perfectly IID client, 1 for a client
-  whose classes are disjoint from the rest. For multi-label ``[N, L]`` labels the
-  histogram counts positives per label and the distributions are the normalised
-  positive counts.
+  whose classes are disjoint from the rest. Multi-label ``[N, L]`` labels are
+  described by their :func:`label_summary` (what the label-skew partitions
+  deal): ``label_histogram`` and every skew measure are over its L + 1 classes
+  (no finding, then each rarest finding); ``finding_histogram`` adds the
+  positives of each label per client.
 
   Args:
     partition: the partition (covering ``arange(N)``).
     labels: [N] or [N, 1] class ids, or [N, L] multi-hot labels.
-    num_classes: the number of classes (histogram width).
+    num_classes: the number of classes (histogram width; multi-label: L).
 
   Returns:
     A dict with ``num_clients``, ``num_examples``, ``sizes`` (list),
@@ -329,13 +405,18 @@ def summarize(partition: Partition, labels: np.ndarray, num_classes: int) -> dic
     ``global_label_histogram``, ``classes_per_client`` (min/median/max/mean of
     the number of classes present), ``label_skew_tv`` (mean TV distance over
     non-empty clients), ``label_skew_tv_weighted`` (weighted by size) and
-    ``heterogeneity`` (the dict of :func:`heterogeneity`).
+    ``heterogeneity`` (the dict of :func:`heterogeneity`); multi-label also
+    ``label_summary`` (what the classes are) and ``finding_histogram``.
   """
-  hist = label_histogram(partition, labels, num_classes)
+  hist = _summary_histogram(partition, labels, num_classes)
   sizes = partition.sizes
   _, _, present, tv = _mixes(hist)
   tv_weighted = float(np.average(tv, weights=sizes[present])) if sizes[present].sum() else 0.0
   classes = (hist > 0).sum(1)
+  multi = {}
+  if is_multi_label(labels):
+    multi = {"label_summary": SUMMARY_CLASSES,
+             "finding_histogram": label_histogram(partition, labels, num_classes).tolist()}
   return {
       "num_clients": int(partition.num_clients),
       "num_examples": int(sizes.sum()),
@@ -347,6 +428,7 @@ def summarize(partition: Partition, labels: np.ndarray, num_classes: int) -> dic
       "label_skew_tv": float(tv.mean()) if len(tv) else 0.0,
       "label_skew_tv_weighted": tv_weighted,
       "heterogeneity": _heterogeneity(hist, sizes),
+      **multi,
   }
 
 

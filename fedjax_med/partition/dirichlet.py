@@ -77,7 +77,8 @@ def dirichlet(
   examples.
 
   Args:
-    labels: [N] or [N, 1] non-negative integer class ids.
+    labels: [N] or [N, 1] non-negative integer class ids, or [N, L] multi-hot
+      labels, dealt by their ``label_summary`` (no finding / rarest finding).
     num_clients: the number of clients.
     alpha: Dirichlet concentration, > 0 (e.g. 0.1 strongly skewed, 100 near IID).
     seed: a non-negative integer; the same seed gives the same partition.

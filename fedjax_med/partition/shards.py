@@ -26,7 +26,8 @@ def shards(
   that straddles a class boundary.
 
   Args:
-    labels: [N] or [N, 1] non-negative integer class ids.
+    labels: [N] or [N, 1] non-negative integer class ids, or [N, L] multi-hot
+      labels, dealt by their ``label_summary`` (no finding / rarest finding).
     num_clients: the number of clients.
     shards_per_client: shards per client, >= 1.
     seed: a non-negative integer; the same seed gives the same partition.

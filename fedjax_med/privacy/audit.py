@@ -61,6 +61,13 @@ Two canary designs, one per privacy level:
   FedAvg family (fedavg, fedavgm, fedadam, fedyogi, fedadagrad; SWA allowed)
   can be audited at client level.
 
+Multi-label data (ChestMNIST, labels ``[N, L]``): a noise canary's label has
+each finding drawn independently with probability 1/2, a mislabeled canary's
+label is its image's labels with a uniformly drawn non-empty set of findings
+flipped, and the loss is the training loss, the mean over the findings of the
+sigmoid binary cross-entropy; ``baseline[y]`` is then the mean over findings
+of each finding's mean loss at its value in ``y`` on the reference images.
+
 Everything is seeded by ``seed`` (default ``config.seed``): which canaries are
 included (its own stream: it depends only on ``(num_canaries, seed)``), the
 canaries themselves and their clients.
@@ -103,7 +110,7 @@ class Canaries(NamedTuple):
 
   included: np.ndarray  # [m] bool, independently True with probability 1/2
   images: np.ndarray | None = None  # [m, H, W, ch] as the training images
-  labels: np.ndarray | None = None  # [m] int32
+  labels: np.ndarray | None = None  # [m] int32 (multi-label: [m, L] in {0, 1})
   clients: np.ndarray | None = None  # [m] int64 the client an included canary joins
   # [R, H, W, ch] noise canaries: fresh noise images, never trained on, whose loss under the
   # final model is each label's baseline (the model's bias on noise images)
@@ -126,7 +133,8 @@ def record_canaries(dataset, partition: partition_base.Partition, num_canaries: 
     partition: the training partition; canaries join clients that hold data.
     kind: ``"noise"`` (uniform random images, each with a uniformly drawn label,
       plus as many fresh noise images as reference) or ``"mislabeled"``
-      (validation images, each with a uniformly drawn wrong label).
+      (validation images, each with a uniformly drawn wrong label). Multi-label:
+      a label vector, uniform over the ``2^L`` (noise) or the ``2^L - 1`` wrong ones.
   """
   if kind not in CANARY_KINDS:
     raise errors.ConfigError(f"unknown canary kind {kind!r}; choose one of {CANARY_KINDS}")
@@ -136,10 +144,17 @@ def record_canaries(dataset, partition: partition_base.Partition, num_canaries: 
   k = int(dataset.num_classes)
   holders = np.flatnonzero(partition.sizes > 0)
   clients = holders[rng.integers(len(holders), size=m)].astype(np.int64)
+  multi = bool(dataset.multi_label)
   if kind == "mislabeled":
     pool = dataset.val
     pick = rng.choice(len(pool.labels), m, replace=m > len(pool.labels))
-    labels = (pool.labels[pick].astype(np.int64) + rng.integers(1, k, m)) % k
+    if multi:  # flip a uniform non-empty set of findings: a uniform wrong label vector
+      flips = rng.integers(0, 2, (m, k))
+      while (empty := ~flips.any(1)).any():
+        flips[empty] = rng.integers(0, 2, (int(empty.sum()), k))
+      labels = pool.labels[pick].astype(np.int64) ^ flips
+    else:
+      labels = (pool.labels[pick].astype(np.int64) + rng.integers(1, k, m)) % k
     return Canaries(included, pool.images[pick], labels.astype(np.int32), clients)
   train = dataset.train
   shape = (2 * m, *train.images.shape[1:])  # the canaries, then the reference images
@@ -147,8 +162,8 @@ def record_canaries(dataset, partition: partition_base.Partition, num_canaries: 
     noise = rng.integers(0, 256, shape).astype(train.images.dtype)
   else:  # float images pass through preprocessing as they are: noise in [-1, 1]
     noise = rng.uniform(-1.0, 1.0, shape).astype(train.images.dtype)
-  labels = rng.integers(k, size=m).astype(np.int32)
-  return Canaries(included, noise[:m], labels, clients, noise[m:])
+  labels = rng.integers(0, 2, (m, k)) if multi else rng.integers(k, size=m)
+  return Canaries(included, noise[:m], labels.astype(np.int32), clients, noise[m:])
 
 
 def add_record_canaries(exp: experiment.Experiment, canaries: Canaries) -> experiment.Experiment:
@@ -256,7 +271,8 @@ def add_client_canaries(exp: experiment.Experiment, included: np.ndarray, seed: 
     batch = new.make_batch(round_idx, pad_clients_to)
     is_canary = batch.client_id >= num_real
     label = batch.label.copy()
-    label[is_canary] = -(canary_of[batch.client_id[is_canary] - num_real] + 1)[:, None, None]
+    marker = -(canary_of[batch.client_id[is_canary] - num_real] + 1)
+    label[is_canary] = marker.reshape(-1, *[1] * (label.ndim - 1))  # [n, 1, 1(, 1)]
     weight = np.where(is_canary, 1.0, batch.weight).astype(np.float32)
     return batch._replace(label=label, weight=weight)
 
@@ -320,29 +336,42 @@ def record_scores(exp: experiment.Experiment, state: types.ServerState,
   score ``baseline[y] - loss``, where ``baseline[y]`` is the mean loss of label
   ``y`` on the reference noise images: it removes the model's bias towards
   some class on noise images, which would otherwise rank the canaries by
-  label rather than by membership. Algorithms whose clients keep their own
+  label rather than by membership. Multi-label: the loss is the mean over
+  findings of the sigmoid BCE, the baseline the mean over findings of each
+  finding's mean loss at the canary's value. Algorithms whose clients keep their own
   model (``client_params``) score each canary under its client's model.
   """
   predict = tasks.make_predict_fn(exp.model)
   augment = exp.config.data.augment
   num_views = len(augmented_views(canaries.images[:1], augment))
   step = max(1, exp.config.eval.batch_size // num_views)
+  multi = bool(exp.dataset.multi_label)
 
   @jax.jit
-  def view_losses(params, views):  # [V, b, H, W, ch] -> [b, K] mean over views
+  def view_losses(params, views):  # [V, b, H, W, ch] -> mean over views
     logits = jax.vmap(predict, in_axes=(None, 0))(params, views)
-    return -jnp.mean(jax.nn.log_softmax(logits), axis=0)
+    if multi:  # [b, L, 2]: each finding's BCE if its label were 0, if it were 1
+      return -jnp.mean(jnp.stack([jax.nn.log_sigmoid(-logits), jax.nn.log_sigmoid(logits)],
+                                 axis=-1), axis=0)
+    return -jnp.mean(jax.nn.log_softmax(logits), axis=0)  # [b, K]
 
-  def class_losses(params, images: np.ndarray) -> np.ndarray:  # [n, K]
+  def class_losses(params, images: np.ndarray) -> np.ndarray:  # [n, K] (multi: [n, L, 2])
     return np.concatenate([np.asarray(view_losses(params, augmented_views(images[lo:lo + step],
                                                                           augment)))
                            for lo in range(0, len(images), step)])
 
+  def loss_of(losses: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[n] the loss of label ``labels[i]`` in row i of ``losses`` ([n, K] or [n, L, 2])."""
+    if multi:
+      return np.take_along_axis(losses, labels[..., None], axis=-1)[..., 0].mean(-1)
+    return losses[np.arange(len(labels)), labels]
+
   def scores_under(params, rows: np.ndarray) -> np.ndarray:
     labels = canaries.labels[rows]
-    scores = -class_losses(params, canaries.images[rows])[np.arange(len(rows)), labels]
+    scores = -loss_of(class_losses(params, canaries.images[rows]), labels)
     if canaries.reference is not None:
-      scores += class_losses(params, canaries.reference).mean(axis=0)[labels]
+      baseline = class_losses(params, canaries.reference).mean(axis=0)  # [K] (multi: [L, 2])
+      scores += loss_of(np.broadcast_to(baseline, (len(rows), *baseline.shape)), labels)
     return scores
 
   own = exp.algorithm.client_params

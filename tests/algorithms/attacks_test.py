@@ -183,6 +183,17 @@ def test_label_flip_only_touches_the_malicious_reporting_clients():
   np.testing.assert_array_equal(np.flatnonzero(slots), BAD_SLOTS)
 
 
+def test_multi_label_flip_complements_every_finding_of_malicious_clients():
+  clients = round_clients(0)
+  findings = np.random.default_rng(0).integers(0, 2, clients.label.shape + (5,), np.int32)
+  clients = clients._replace(label=findings)  # [C, S, B, L] in {0, 1}
+  made = attacks.make("label_flip", FEDERATION, 0.2, 0, num_classes=5, multi_label=True)
+  out = attacks.poison_data(made._replace(malicious=BAD), clients)
+  for c in range(ROUND_C):
+    want = 1 - findings[c] if c in BAD_SLOTS else findings[c]
+    np.testing.assert_array_equal(out.label[c], want)
+
+
 @pytest.mark.parametrize("kind", ["label_flip", "sign_flip", "alie", "gaussian"])
 def test_chunked_and_sharded_equal_the_plain_round_and_compile_once(kind):
   plain, _ = run_rounds(attack(kind))  # two rounds under assert_max_traces(n=1)

@@ -17,15 +17,18 @@ def reference_heterogeneity(p: partition.Partition, labels, num_classes: int) ->
   labels = np.asarray(labels)
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
+  if labels.ndim == 2:  # multi-hot: 0 = no finding, 1 + the rarest finding (fewest positives)
+    positives = [int(labels[:, k].sum()) for k in range(num_classes)]
+    summary = []
+    for row in labels:
+      found = [k for k in range(num_classes) if row[k]]
+      summary.append(0 if not found else 1 + min(found, key=lambda k: (positives[k], k)))
+    labels, num_classes = np.asarray(summary), num_classes + 1
   hists = []
   for c in range(p.num_clients):
     counts = [0] * num_classes
     for j in p.client(c):
-      if labels.ndim == 1:
-        counts[int(labels[j])] += 1
-      else:  # multi-hot: count positives per label
-        for k in range(num_classes):
-          counts[k] += int(labels[j, k])
+      counts[int(labels[j])] += 1
     hists.append(counts)
   total = sum(sum(h) for h in hists)
   p_global = [sum(h[k] for h in hists) / total for k in range(num_classes)]

@@ -152,8 +152,12 @@ def test_from_lists_and_client_of_example():
         (lambda: _make("iid", seed=-1), "seed must be >= 0"),
         (lambda: _make("pathological"), "valid kinds: iid, dirichlet, shards, quantity"),
         (
-            lambda: partition.make_partition("dirichlet", np.zeros((N, 3), np.int64), 5, 0),
-            "use kind 'iid' or 'quantity'",
+            lambda: partition.make_partition("dirichlet", np.full((N, 3), 2), 5, 0),
+            "multi-label labels must be 0 or 1",
+        ),
+        (
+            lambda: partition.make_partition("shards", np.zeros((N, 3, 2), np.int64), 5, 0),
+            r"need \[N\] or \[N, 1\] class ids or \[N, L\] multi-hot labels",
         ),
         (lambda: partition.dirichlet(LABELS - 1, 5, 1.0, 0), "labels must be >= 0"),
         (lambda: partition.shards(LABELS.astype(float), 5, 2, 0), "labels must be integers"),
@@ -201,10 +205,60 @@ def test_summary_skew_extremes():
 
 
 def test_summary_multi_label():
-  labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
-  s = partition.summarize(partition.Partition.from_lists([[0], [1, 2]]), labels, 3)
-  assert s["label_histogram"] == [[1, 0, 1], [1, 2, 0]]
+  # Positives per label: 2, 2, 1 (ties to the lower index): rarest first 2, 0, 1.
+  labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(partition.label_summary(labels), [3, 2, 1, 0])
+  s = partition.summarize(partition.Partition.from_lists([[0], [1, 2, 3]]), labels, 3)
+  assert s["finding_histogram"] == [[1, 0, 1], [1, 2, 0]]
+  # The skew is measured on the summary: no finding, then each rarest finding.
+  assert s["label_histogram"] == [[0, 0, 0, 1], [1, 1, 1, 0]]
+  assert s["label_histogram"] == partition.label_histogram(
+      partition.Partition.from_lists([[0], [1, 2, 3]]), partition.label_summary(labels), 4
+  ).tolist()
+  assert s["label_summary"].startswith("0 = no finding")
+  # Global mix 1/4 each; TV 0.5 * (3 * 1/4 + 3/4) = 0.75 and 0.5 * (3 * 1/12 + 1/4) = 0.25.
+  assert s["label_skew_tv"] == pytest.approx((0.75 + 0.25) / 2)
   json.dumps(s)
+
+
+def reference_summary(labels):
+  """0 without a finding, else 1 + the finding with the fewest positives (lowest index on ties)."""
+  counts = [sum(int(row[k]) for row in labels) for k in range(labels.shape[1])]
+  out = []
+  for row in labels:
+    findings = [k for k in range(len(row)) if row[k]]
+    out.append(0 if not findings else 1 + min(findings, key=lambda k: (counts[k], k)))
+  return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_label_summary_matches_a_loop(seed):
+  rng = np.random.default_rng(seed)
+  labels = (rng.random((200, 6)) < [0.3, 0.05, 0.3, 0.1, 0.0, 0.5]).astype(np.uint8)
+  got = partition.label_summary(labels)
+  assert got.dtype == np.int64
+  np.testing.assert_array_equal(got, reference_summary(labels))
+
+
+def test_dirichlet_on_chestmnist_skews_the_summary():
+  from fedjax_med.data import synthetic
+
+  labels = synthetic.make_dataset("chestmnist", n_train=600, n_val=0, n_test=0,
+                                  class_probs=np.linspace(0.02, 0.3, 14)).train.labels
+  summary = partition.label_summary(labels)
+  tv = {}
+  for alpha in (0.1, 1000.0):
+    p = partition.make_partition("dirichlet", labels, 6, seed=0, alpha=alpha)
+    np.testing.assert_array_equal(np.sort(p.indices), np.arange(len(labels)))
+    # The partition deals the summary classes: the same as partitioning the summary itself.
+    np.testing.assert_array_equal(
+        p.indices, partition.make_partition("dirichlet", summary, 6, seed=0, alpha=alpha).indices)
+    h = partition.heterogeneity(p, labels, 14)
+    assert h == partition.heterogeneity(p, summary, 15)  # measured on the summary
+    tv[alpha] = h["label_tv_mean"]
+  assert tv[0.1] > 0.3 and tv[1000.0] < 0.1
+  shards = partition.make_partition("shards", labels, 6, seed=0, shards_per_client=1)
+  assert partition.summarize(shards, labels, 14)["classes_per_client"]["max"] <= 4
 
 
 def test_summary_written_as_atomic_json(tmp_path):

@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from fedjax_med import errors, experiment
+from fedjax_med import errors, experiment, tasks
 from fedjax_med.cli import privacy_audit as cli
+from fedjax_med.data import synthetic
 from fedjax_med.privacy import audit
 from tests.train_test import small_config
 
@@ -177,6 +178,63 @@ def test_client_level_refuses_algorithms_outside_the_fedavg_family(data_root):
                                             "algorithm.name": "fedprox"})
   with pytest.raises(errors.ConfigError, match="fedavg"):
     audit.audit(config, 10)
+
+
+# ------------------------------------------------------------------ multi-label (ChestMNIST)
+
+
+@pytest.fixture(scope="module")
+def chest_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("chest")
+  synthetic.write_npz(root / "chestmnist.npz", name="chestmnist", n_train=240, n_val=60,
+                      n_test=30)
+  return str(root)
+
+
+def chest_config(chest_root, level, **overrides):
+  return dp_config(chest_root, level, **{"data.name": "chestmnist", "data.augment": "none",
+                                         "privacy.noise_multiplier": 1.0, **overrides})
+
+
+@pytest.mark.parametrize("kind", ["noise", "mislabeled"])
+def test_multi_label_record_canaries_are_scored_by_the_mean_bce(chest_root, kind):
+  exp = experiment.build(chest_config(chest_root, "record"))
+  canaries = audit.record_canaries(exp.dataset, exp.partition, 12, seed=0, kind=kind)
+  assert canaries.labels.shape == (12, 14) and set(np.unique(canaries.labels)) <= {0, 1}
+  if kind == "mislabeled":  # each a validation image with at least one finding flipped
+    val = exp.dataset.val
+    for image, label in zip(canaries.images, canaries.labels, strict=True):
+      j = int(np.flatnonzero((val.images == image).all(axis=(1, 2, 3)))[0])
+      assert (label != val.labels[j]).any()
+  state = exp.initial_state()
+  scores = audit.record_scores(exp, state, canaries)
+  predict = tasks.make_predict_fn(exp.model)
+
+  def bce(logits, y):  # [n, L] per finding, float64
+    z = np.asarray(logits, np.float64)
+    return np.logaddexp(0, z) - y * z
+
+  want = -bce(predict(state.params, canaries.images), canaries.labels).mean(1)
+  if kind == "noise":  # minus its loss plus its label's baseline on the reference images
+    ref = np.asarray(predict(state.params, canaries.reference), np.float64)
+    for i, y in enumerate(canaries.labels):
+      want[i] += np.mean([bce(ref[:, k], y[k]).mean() for k in range(14)])
+  np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
+
+
+def test_multi_label_record_audit_trains_with_dp_sgd(chest_root):
+  result = audit.audit(chest_config(chest_root, "record", **{"fl.rounds": 2}), 20)
+  assert 0 <= result["epsilon_lower_bound"] <= result["accountant_epsilon"]
+  assert np.isfinite(result["score_mean_in"]) and np.isfinite(result["score_mean_out"])
+
+
+def test_multi_label_client_canaries_mark_every_label(chest_root):
+  exp = experiment.build(chest_config(chest_root, "client", **{"fl.clients_per_round": 6}))
+  new, make_batch = audit.add_client_canaries(exp, np.array([True, False, True]), seed=0)
+  batch = make_batch(0, new.round_clients)
+  rows = batch.client_id >= 6
+  assert batch.label.ndim == 4 and rows.sum() == 2
+  assert sorted(np.unique(batch.label[rows][i]).item() for i in range(2)) == [-3, -1]
 
 
 # ------------------------------------------------------------------ CLI
