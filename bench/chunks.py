@@ -28,7 +28,7 @@ def tune(setup: workload.Setup, k: int, steps: int, batch: int,
     ``(rows, best row, compiled round of the best)``; a row is
     ``{"chunk", "compile_s", "round_s"}``.
   """
-  dev = jax.device_put(workload.make_round_batch(k, steps, batch))
+  dev = jax.device_put(workload.make_round_batch(k, steps, batch, image_shape=setup.image_shape))
   state = setup.state()
   compiled, rows = {}, {}
   for chunk in candidates:

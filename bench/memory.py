@@ -19,11 +19,13 @@ from fedjax_med import types
 _MIB = 2**20
 
 
-def batch_shapes(k: int, steps: int, batch: int) -> types.ClientBatch:
+def batch_shapes(
+  k: int, steps: int, batch: int, image_shape: tuple[int, ...] = workload.IMAGE_SHAPE
+) -> types.ClientBatch:
   """The shapes and dtypes of a round's ClientBatch of K clients (no data)."""
   sds = jax.ShapeDtypeStruct
   return types.ClientBatch(
-    image=sds((k, steps, batch, *workload.IMAGE_SHAPE), jnp.uint8),
+    image=sds((k, steps, batch, *image_shape), jnp.uint8),
     label=sds((k, steps, batch), jnp.int32),
     mask=sds((k, steps, batch), jnp.bool_),
     weight=sds((k,), jnp.float32),
@@ -38,7 +40,10 @@ def default_ks(chunk: int | None) -> list[int]:
 
 
 def round_memory(setup: workload.Setup, ks: Sequence[int], steps: int, batch: int, chunk) -> dict:
-  """MiB of temp/argument/output memory per K, and the ratios of the last K over the first."""
+  """MiB of temp/argument/output memory per K, and the ratios of the last K over the first.
+
+  The examples have ``setup.image_shape`` (28 px images, or volumes for the 3D models).
+  """
   state = setup.state()
   out = {
     "method": "Compiled.memory_analysis() temp_size_in_bytes",
@@ -46,7 +51,8 @@ def round_memory(setup: workload.Setup, ks: Sequence[int], steps: int, batch: in
     "ks": list(ks),
   }
   for k in ks:
-    compiled, _ = setup.compile_round(chunk, state, batch_shapes(k, steps, batch))
+    shapes = batch_shapes(k, steps, batch, setup.image_shape)
+    compiled, _ = setup.compile_round(chunk, state, shapes)
     ma = compiled.memory_analysis()
     if ma is None:
       return {"method": "unavailable"}

@@ -44,9 +44,14 @@ _HEADERS = ("model", "K", "chunk", "one_jit s", "loop s", "central s", "vs_loop"
 
 
 def measure(setup: Setup, k: int, steps: int, batch: int, chunk, repeats: int,
-            loop_max_clients: int, compiled_round=None, round_compile_s=None) -> dict:
-  """Interleaved one_jit / loop / central timings for one (model, K)."""
-  host = workload.make_round_batch(k, steps, batch)
+            loop_max_clients: int, compiled_round=None, round_compile_s=None,
+            clock: harness.Clock = time.perf_counter) -> dict:
+  """Interleaved one_jit / loop / central timings for one (model, K).
+
+  ``clock`` times the runs: wall seconds by default; ``time.process_time`` gives
+  this process's CPU seconds (all threads), steadier on a shared machine.
+  """
+  host = workload.make_round_batch(k, steps, batch, image_shape=setup.image_shape)
   dev = jax.device_put(host)
   state = setup.state()
   if compiled_round is None:
@@ -62,7 +67,7 @@ def measure(setup: Setup, k: int, steps: int, batch: int, chunk, repeats: int,
     res["central_error"] = harness.short_error(e)
   # No warm-up calls (all compiled ahead; the median absorbs first-touch costs):
   # at the largest K they would cost minutes.
-  t = harness.interleave(runs, repeats, warmup=False, optional=("central",))
+  t = harness.interleave(runs, repeats, warmup=False, optional=("central",), clock=clock)
   res.update({f"{n}_error": e for n, e in t.errors.items()})
   if n_loop == k:  # the loop computes the same round: check it
     pairs = zip(jax.tree.leaves(t.outputs["loop"].params),

@@ -11,6 +11,10 @@ The same work, S local steps of batch B on each of K clients, three ways:
   Same loss_fn and conv/pool lowering; data pre-split per client on the device.
 - ``central`` (:meth:`Setup.make_central`): S SGD steps at batch K*B on the
   same samples (one jitted step, a Python loop over the S steps).
+
+The default input is a 28x28 gray image (``IMAGE_SHAPE``); pass
+``image_shape=(D, H, W, 1)`` (e.g. ``VOLUME_SHAPE``, AdrenalMNIST3D's 28^3)
+to :class:`Setup` and :func:`make_round_batch` for the 3D models.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from fedjax_med.algorithms import local
 from fedjax_med.data import synthetic
 
 IMAGE_SHAPE = (28, 28, 1)
+VOLUME_SHAPE = (28, 28, 28, 1)  # AdrenalMNIST3D: 2 classes, 1,188 training volumes
 NUM_CLASSES = 2
 CLIENT_LR, SERVER_LR = 0.05, 1.0
 _POOL_CAP = 1 << 16  # distinct synthetic images; larger rounds tile them
@@ -41,13 +46,36 @@ def image_pool(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return ds.train.images, ds.train.labels
 
 
-def make_round_batch(k: int, steps: int, batch: int, seed: int = 0) -> types.ClientBatch:
-  """A host ClientBatch of K full clients (S*B examples each, iid), via the library."""
+@functools.lru_cache(maxsize=2)
+def volume_pool(n: int, seed: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """``n`` synthetic gray volumes (uint8 [n, *shape]) and labels (int32 [n], 2 classes).
+
+  Class c is noise around a brightness of 96 + 64 c: learnable, and enough for timing.
+  """
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, NUM_CLASSES, n).astype(np.int32)
+  noise = rng.normal(0.0, 32.0, (n, *shape)).astype(np.float32)
+  centre = 96.0 + 64.0 * labels.reshape((n,) + (1,) * len(shape))
+  return np.clip(noise + centre, 0, 255).astype(np.uint8), labels
+
+
+def make_round_batch(
+    k: int, steps: int, batch: int, seed: int = 0, image_shape: tuple[int, ...] = IMAGE_SHAPE
+) -> types.ClientBatch:
+  """A host ClientBatch of K full clients (S*B examples each, iid), via the library.
+
+  ``image_shape`` other than ``IMAGE_SHAPE`` (e.g. a 3D ``VOLUME_SHAPE``) draws
+  :func:`volume_pool` data, at most 1,024 distinct examples (then tiled).
+  """
   n = k * steps * batch
-  images, labels = image_pool(min(n, _POOL_CAP), seed)
+  if tuple(image_shape) == IMAGE_SHAPE:
+    images, labels = image_pool(min(n, _POOL_CAP), seed)
+  else:
+    images, labels = volume_pool(min(n, 1024), seed, tuple(image_shape))
   if n > len(labels):  # tile the pool: timing does not need distinct images
     reps = -(-n // len(labels))
-    images, labels = np.tile(images, (reps, 1, 1, 1))[:n], np.tile(labels, reps)[:n]
+    images = np.tile(images, (reps,) + (1,) * (images.ndim - 1))[:n]
+    labels = np.tile(labels, reps)[:n]
   part = partition.iid(n, k, seed)
   return batching.make_client_batch(
     images, labels, part, np.arange(k), local_steps=steps, batch_size=batch, seed=seed,
@@ -68,11 +96,13 @@ def run_chunk(chunk: int | None, k: int) -> str:
 class Setup:
   """Model, loss, initial params and optimizers shared by every variant."""
 
-  def __init__(self, model_name: str, conv_impl: str, unroll: int):
+  def __init__(self, model_name: str, conv_impl: str, unroll: int,
+               image_shape: tuple[int, ...] = IMAGE_SHAPE):
     self.name = model_name
+    self.image_shape = tuple(image_shape)
     self.model = models.get_model(model_name, NUM_CLASSES, conv_impl=conv_impl)
     self.loss_fn = tasks.make_loss_fn(self.model)
-    self.params = tasks.init_variables(self.model, jax.random.key(0), IMAGE_SHAPE)
+    self.params = tasks.init_variables(self.model, jax.random.key(0), self.image_shape)
     self.client_tx = optax.sgd(CLIENT_LR)
     self.server_tx = optax.sgd(SERVER_LR)
     self.unroll = unroll

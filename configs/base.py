@@ -33,9 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.algorithm.swa_lr_ratio = 0.1  # server lr at the end of a cycle, relative to fl.server_lr
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "pneumoniamnist"  # any MedMNIST 2D flag except chestmnist
+  c.data.name = "pneumoniamnist"  # any MedMNIST flag: 2D, chestmnist (multi-label), *mnist3d
   c.data.root = ""  # "" = $MEDMNIST_ROOT, else ~/.medmnist
-  c.data.size = 28  # 28, 64, 128 or 224
+  c.data.size = 28  # 28, 64, 128 or 224 (3D volumes: 28 or 64)
   c.data.download = True  # fetch the official file (MD5-checked) when absent
   c.data.verify_md5 = True
   c.data.augment = "none"  # none | shift | flip_shift (on device, training only)
@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.partition.site_shift = 0.0
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "cnn"  # see fedjax_med.models.names()
+  c.model.name = ""  # "" = cnn (images) / cnn3d (volumes); see fedjax_med.models.names()
   c.model.conv_impl = "auto"  # auto | native | im2col
   # "" = the model's default; batch | group | layer | none for models that take
   # it (resnet8/14/18/20/50, resnet_tiny; default group), see models.takes_norm.

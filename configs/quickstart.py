@@ -20,7 +20,7 @@ def get_config():
   c.data.augment = "shift"
   c.partition.kind = "dirichlet"
   c.partition.alpha = 0.5
-  c.model.name = "cnn"
+  c.model.name = ""  # the small CNN: cnn for images, cnn3d for 3D volumes
   c.fl.rounds = 30
   c.fl.num_clients = 10
   c.fl.clients_per_round = 10

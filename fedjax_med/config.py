@@ -36,6 +36,8 @@ DEPRECATED = {
     "algorithm.server_eps": ("fl.server_eps",),
 }
 PROGRESS = ("auto", "bar", "lines", "none")
+# model.name "" resolves to the small CNN of the data's spatial dimensions.
+DEFAULT_MODELS = {2: "cnn", 3: "cnn3d"}
 # Host memory a round's stacked client batch or one eval batch may take; larger is
 # almost surely a typo (and would fail with a MemoryError after output was written).
 MAX_BATCH_BYTES = 8 * 2**30
@@ -72,6 +74,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     left unset (None) take the algorithm's registry defaults (``fedadam``:
     Adam with lr 0.01; ``fedavg``: SGD with lr 1.0).
   - ``fl.client_momentum`` left unset is 0.9 for ``fl.client_opt=momentum``, else 0.
+  - ``model.name`` left ``""`` is the small CNN for the data: ``cnn`` for images,
+    ``cnn3d`` for the 3D volumes (so one command runs on any MedMNIST set).
 
   Raises:
     ConfigError: unknown ``algorithm.name``, or a server optimizer that
@@ -101,6 +105,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.fl.client_momentum is None:
     config.fl.client_momentum = (optimizers.DEFAULT_MOMENTUM
                                  if config.fl.client_opt == "momentum" else 0.0)
+  if not config.model.name and config.data.name in registry.DATASETS:
+    config.model.name = DEFAULT_MODELS[registry.DATASETS[config.data.name].dims]
   return config
 
 
@@ -153,6 +159,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.model.conv_impl in layers.IMPLS, "model.conv_impl", config.model.conv_impl,
          f"choose one of {layers.IMPLS}")
   model_registry.check_norm(config.model.name, config.model.norm)
+  info = registry.DATASETS[config.data.name]  # a 2D model on volumes (or 3D on images): exit 2
+  model_registry.check_input(config.model.name,
+                             (config.data.size,) * info.dims + (info.channels,))
   for key in ("fl.rounds", "fl.num_clients", "fl.clients_per_round", "fl.local_steps",
               "fl.batch_size", "eval.every", "eval.batch_size", "ckpt.every", "ckpt.keep"):
     _positive_int(config, key)

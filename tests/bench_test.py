@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bench import algorithm_speed, cohort, round_speed, workload, zoo
@@ -84,6 +85,25 @@ def test_zoo_tiny_prints_json_last(capsys, fast_compile):
   zoo.main(["--models=cnn_tiny", "--k=2", "--steps=1", "--batch=2", "--repeats=1"])
   (row,) = _last_json(capsys)["models"]
   assert row["model"] == "cnn_tiny" and row["params"] > 0 and row["vs_loop"] > 0
+
+
+@pytest.mark.slow
+def test_zoo_3d_tiny_reports_round_and_memory(capsys, fast_compile):
+  zoo.main(["--depth=8", "--size=8", "--models=cnn3d_tiny", "--k=2", "--steps=1", "--batch=2",
+            "--repeats=1", "--mem-k=4"])
+  out = _last_json(capsys)
+  (row,) = out["models"]
+  assert out["image_shape"] == [8, 8, 8, 1]
+  assert row["model"] == "cnn3d_tiny" and row["params"] > 0 and row["vs_loop"] > 0
+  assert row["mem_k"] == 4 and row["mem_temp_mib"] > 0 and row["mem_argument_mib"] > 0
+  assert "goal" not in row  # the goal is for cnn3d at K=16, S=5, B=32 on 28^3 only
+
+
+def test_round_batch_of_volumes():
+  batch = workload.make_round_batch(3, 2, 4, image_shape=(6, 5, 4, 1))
+  assert batch.image.shape == (3, 2, 4, 6, 5, 4, 1) and batch.image.dtype == np.uint8
+  assert batch.label.shape == (3, 2, 4) and set(np.unique(batch.label)) <= {0, 1}
+  assert workload.make_round_batch(1, 1, 2).image.shape == (1, 1, 2, *workload.IMAGE_SHAPE)
 
 
 @pytest.mark.parametrize("script", _SCRIPTS)

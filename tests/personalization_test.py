@@ -16,8 +16,8 @@ from tests.train_test import small_config
 @pytest.mark.parametrize("name", models.names())
 def test_head_pattern_is_the_classifier_of_every_model(name):
   model = models.get_model(name, 7)
-  variables = jax.eval_shape(lambda: tasks.init_variables(model, jax.random.PRNGKey(0),
-                                                          (28, 28, 1)))
+  shape = (28,) * models.spatial_dims(name) + (1,)  # 28 px images; 28^3 volumes for 3D models
+  variables = jax.eval_shape(lambda: tasks.init_variables(model, jax.random.PRNGKey(0), shape))
   is_head = personal.matcher(models.head_pattern(name))
   chosen = {personal.path_name(p): leaf.shape
             for p, leaf in jax.tree_util.tree_flatten_with_path(variables)[0] if is_head(p)}

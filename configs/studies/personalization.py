@@ -11,14 +11,16 @@ and every method is judged there, each site with the model it would use:
   the same runs also fine-tune it for 20 local steps at every site before the
   site's test (``personal.finetune_steps``: summary ``sites_finetuned``, the
   ``sites_finetuned.*`` columns of the ``fedavg`` rows: fine-tuned FedAvg);
-- ``fedbn`` (ResNet-8 with BatchNorm: its BatchNorm layers stay at each site),
+- ``fedbn`` (the same CNN with BatchNorm after each conv, ``model.norm=batch``:
+  its BatchNorm layers stay at each site),
   ``fedper`` (the classifier head stays), ``fedrep`` (head first, then the body:
   head_fraction 0.5 of S=5 is 3 head steps and 2 body steps), ``ditto`` (lam
   0.1) and ``apfl`` (alpha 0.25, learned at lr 0.01): each site's own model,
-  beside the global model (``sites_global``). FedBN runs another model than
-  every other row: its comparisons with ``local`` and ``fedavg`` mix the model
-  with the method; its own-vs-global columns (``sites`` vs ``sites_global``, one
-  model) isolate what keeping BatchNorm at the site does.
+  beside the global model (``sites_global``). FedBN's model differs from every
+  other row's by its two BatchNorm layers: its comparisons with ``local`` and
+  ``fedavg`` include what BatchNorm itself does; its own-vs-global columns
+  (``sites`` vs ``sites_global``, one model) isolate what keeping BatchNorm at the
+  site does.
 
 Partitions of 10 sites: label skew Dirichlet(0.1) and Dirichlet(0.5) (per-client,
 around the global class mix), quantity skew (log-normal sizes, sigma 1) and site
@@ -31,15 +33,15 @@ held-out balanced accuracy is higher (``sites_vs_local.wins``; fine-tuned FedAvg
 Holm) of every method against ``local`` and against ``fedavg``.
 
 cpu: PneumoniaMNIST, BreastMNIST and RetinaMNIST, 28 px, small CNN, 10 rounds of
-S=5, B=32, all sites every round, seeds 0-4 (420 runs; not run yet: it needs
-about 1.5 h of a 2-core machine to itself).
+S=5, B=32, all sites every round, seeds 0-4 (420 runs, about 2.5 h of a 2-core
+machine with 2 jobs).
 full: the same at 30 rounds, S=10.
 """
 
 from fedjax_med.configs.studies import common
 from fedjax_med.studies.specs import BarFigure, Paired, ReportSpec, SiteWins, Study
 
-BN_MODEL = {"model.name": "resnet8", "model.norm": "batch"}
+BN_MODEL = {"model.name": "cnn", "model.norm": "batch"}
 SITES = ("sites.balanced_accuracy.mean", "sites.balanced_accuracy.worst", "sites.auc.mean",
          "sites.auc.worst")
 

@@ -1,6 +1,7 @@
 """Prints the model zoo: ``--config.model.name``, parameters and FLOPs per example.
 
   python -m fedjax_med.models --size 28 --channels 1 --classes 2
+  python -m fedjax_med.models --size 28 --depth 28   # the 3D models, on 28^3 volumes
 
 FLOPs are XLA's count (``cost_analysis()["flops"]``) of one eval-mode forward
 pass on a single example, with the native conv lowering by default (im2col
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from fedjax_med import errors
 from fedjax_med.models import cnn, layers, registry
 
 
@@ -36,9 +38,13 @@ def flops_per_example(model, variables, image_shape) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
-def zoo_rows(names: Sequence[str], size: int, channels: int, classes: int, conv_impl: str):
-  """Yields ``(name, norm, params, flops)`` per model (norm: its default normalization)."""
-  shape = (size, size, channels)
+def zoo_rows(names: Sequence[str], size: int, channels: int, classes: int, conv_impl: str,
+             depth: int = 0):
+  """Yields ``(name, norm, params, flops)`` per model (norm: its default normalization).
+
+  ``depth`` > 0: the models get volumes ``[depth, size, size, channels]`` (3D models).
+  """
+  shape = (depth, size, size, channels) if depth else (size, size, channels)
   key = jax.random.PRNGKey(0)
   for name in names:
     model = registry.get_model(name, classes, conv_impl=conv_impl)
@@ -51,21 +57,34 @@ def zoo_rows(names: Sequence[str], size: int, channels: int, classes: int, conv_
     yield name, norm, count_params(variables), flops_per_example(model, variables, shape)
 
 
+def selected_names(names: str, depth: int) -> list[str]:
+  """The comma list ``names``, or else every 3D model if ``depth`` else every 2D one."""
+  return names.split(",") if names else registry.names(spatial_dims=3 if depth else 2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   p = argparse.ArgumentParser(prog="python -m fedjax_med.models", description=__doc__.split("\n")[0])
   p.add_argument("--size", type=int, default=28, help="input side in pixels")
+  p.add_argument("--depth", type=int, default=0,
+                 help="volume depth: list the 3D models on [depth, size, size] volumes")
   p.add_argument("--channels", type=int, default=1, help="input channels")
   p.add_argument("--classes", type=int, default=2, help="output classes")
-  p.add_argument("--names", default="", help="comma list of models (default: all)")
+  p.add_argument("--names", default="",
+                 help="comma list of models (default: all 2D ones; all 3D ones with --depth)")
   p.add_argument("--conv-impl", default="native", choices=layers.IMPLS)
   args = p.parse_args(argv)
-  names = args.names.split(",") if args.names else registry.names()
-  print(f"input {args.size}x{args.size}x{args.channels}, {args.classes} classes, "
-        f"conv_impl={args.conv_impl}")
+  names = selected_names(args.names, args.depth)
+  shape = [args.depth] * bool(args.depth) + [args.size, args.size, args.channels]
+  try:
+    for name in names:
+      registry.check_input(name, shape)
+  except errors.ConfigError as e:
+    p.error(str(e))
+  print(f"input {'x'.join(map(str, shape))}, {args.classes} classes, conv_impl={args.conv_impl}")
   print(f"| {'--config.model.name':<20} | {'norm':<18} | {'params':>12} | {'MFLOPs/example':>14} |")
   print(f"|{'-' * 22}|{'-' * 20}|{'-' * 13}:|{'-' * 15}:|")
   for name, norm, n, flops in zoo_rows(names, args.size, args.channels, args.classes,
-                                      args.conv_impl):
+                                      args.conv_impl, args.depth):
     print(f"| {name:<20} | {norm:<18} | {n:>12,} | {flops / 1e6:>14,.1f} |", flush=True)
 
 

@@ -24,6 +24,13 @@ local batch (padding ignored through ``mask``) and returned in
 across clients like parameters; eval uses the averaged running statistics.
 Keeping them local per client is FedBN (``--config.algorithm.name=fedbn``,
 which selects the ``BatchNorm_*`` / ``batch_stats`` leaves these modules create).
+
+**3D** (``spatial_dims=3``): every kernel is cubic (3x3x3 convs, a 7x7x7 large
+stem, 2x2x2 pooling) for volumes ``[B, D, H, W, C]``; ``ResNet18_3D`` is the
+ResNet-18 (3D) baseline of MedMNIST v2 (Yang et al., Scientific Data 2023),
+which converts the 2D ResNet-18 of their 28 px experiments (3x3 stride-1
+stem, no pooling) to 3D convolutions, as the small stem here does for 28^3 and
+64^3 volumes.
 """
 
 from __future__ import annotations
@@ -65,7 +72,9 @@ class Norm(nn.Module):
       groups = self.num_groups if x.shape[-1] % self.num_groups == 0 else 1
       return nn.GroupNorm(num_groups=groups, scale_init=scale_init)(x)
     if self.kind == "layer":
-      return nn.LayerNorm(reduction_axes=(-3, -2, -1), feature_axes=-1, scale_init=scale_init)(x)
+      # Over every axis but the batch: (H, W, C) of an image, (D, H, W, C) of a volume.
+      axes = tuple(range(1 - x.ndim, 0))
+      return nn.LayerNorm(reduction_axes=axes, feature_axes=-1, scale_init=scale_init)(x)
     if self.kind == "none":
       return x
     raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
@@ -79,6 +88,11 @@ class _Block(nn.Module):
   norm: str = "group"
   conv_impl: str = "auto"
   num_groups: int = 8
+  spatial_dims: int = 2
+
+  def kernel(self, size: int) -> tuple[int, ...]:
+    """A cubic (square in 2D) kernel shape of side ``size``."""
+    return (size,) * self.spatial_dims
 
   def layer_factories(self):
     """``(conv, norm)`` partials: bias-free convs in the block's lowering, its norm kind."""
@@ -92,12 +106,12 @@ class BasicBlock(_Block):
   @nn.compact
   def __call__(self, x, train: bool, mask):
     conv, norm = self.layer_factories()
-    y = conv(self.features, (3, 3), self.strides)(x)
+    y = conv(self.features, self.kernel(3), self.strides)(x)
     y = nn.relu(norm()(y, train, mask))
-    y = conv(self.features, (3, 3))(y)
+    y = conv(self.features, self.kernel(3))(y)
     y = norm(zero_init=True)(y, train, mask)
     if x.shape != y.shape:
-      x = conv(self.features, (1, 1), self.strides)(x)
+      x = conv(self.features, self.kernel(1), self.strides)(x)
       x = norm()(x, train, mask)
     return nn.relu(x + y)
 
@@ -108,11 +122,11 @@ class Bottleneck(_Block):
   @nn.compact
   def __call__(self, x, train: bool, mask):
     conv, norm = self.layer_factories()
-    y = nn.relu(norm()(conv(self.features, (1, 1))(x), train, mask))
-    y = nn.relu(norm()(conv(self.features, (3, 3), self.strides)(y), train, mask))
-    y = norm(zero_init=True)(conv(4 * self.features, (1, 1))(y), train, mask)
+    y = nn.relu(norm()(conv(self.features, self.kernel(1))(x), train, mask))
+    y = nn.relu(norm()(conv(self.features, self.kernel(3), self.strides)(y), train, mask))
+    y = norm(zero_init=True)(conv(4 * self.features, self.kernel(1))(y), train, mask)
     if x.shape != y.shape:
-      x = conv(4 * self.features, (1, 1), self.strides)(x)
+      x = conv(4 * self.features, self.kernel(1), self.strides)(x)
       x = norm()(x, train, mask)
     return nn.relu(x + y)
 
@@ -131,6 +145,8 @@ class ResNet(nn.Module):
     num_groups: GroupNorm groups.
     stem: ``"auto"`` (by input size, see module docstring), ``"small"``
       (3x3/1, no pool) or ``"large"`` (7x7/2 + 2x2 max-pool).
+    spatial_dims: 2 (images ``[B, H, W, C]``) or 3 (volumes ``[B, D, H, W, C]``,
+      cubic kernels).
     conv_impl: lowering of convolutions and pooling (``layers.IMPLS``).
   """
 
@@ -141,20 +157,26 @@ class ResNet(nn.Module):
   norm: str = "group"
   num_groups: int = 8
   stem: str = "auto"
+  spatial_dims: int = 2
   conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, mask: jax.Array | None = None):
-    """[B, H, W, C] -> logits [B, num_classes]; ``mask`` [B] is used by BatchNorm only."""
+    """[B, H, W, C] (3D: [B, D, H, W, C]) -> logits [B, num_classes].
+
+    ``mask`` [B] is used by BatchNorm only.
+    """
     if self.norm not in NORMS:
       raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
     if self.stem not in STEMS:
       raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+    dims = self.spatial_dims
+    layers.check_spatial_dims(x, dims)
     large = self.stem == "large" or (
-        self.stem == "auto" and min(x.shape[1:3]) >= layers.LARGE_INPUT
+        self.stem == "auto" and min(x.shape[1 : 1 + dims]) >= layers.LARGE_INPUT
     )
     conv = functools.partial(layers.Conv, use_bias=False, impl=self.conv_impl)
-    x = conv(self.width, (7, 7), 2)(x) if large else conv(self.width, (3, 3))(x)
+    x = conv(self.width, (7,) * dims, 2)(x) if large else conv(self.width, (3,) * dims)(x)
     x = nn.relu(Norm(self.norm, self.num_groups)(x, train, mask))
     if large:
       x = layers.max_pool(x, 2, impl=self.conv_impl)
@@ -162,9 +184,9 @@ class ResNet(nn.Module):
       for j in range(n):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block(
-            self.width * 2**i, strides, self.norm, self.conv_impl, self.num_groups
+            self.width * 2**i, strides, self.norm, self.conv_impl, self.num_groups, dims
         )(x, train, mask)
-    x = jnp.mean(x, axis=(1, 2))
+    x = jnp.mean(x, axis=tuple(range(1, 1 + dims)))
     return nn.Dense(self.num_classes)(x)
 
 
@@ -177,3 +199,7 @@ ResNet50 = functools.partial(
     ResNet, stage_sizes=(3, 4, 6, 3), width=64, block=Bottleneck, num_groups=32
 )
 _ResNet1 = functools.partial(ResNet, stage_sizes=(1,), width=4)
+ResNet18_3D = functools.partial(
+    ResNet, stage_sizes=(2, 2, 2, 2), width=64, num_groups=32, spatial_dims=3
+)
+_ResNet3D1 = functools.partial(ResNet, stage_sizes=(1,), width=4, spatial_dims=3)
