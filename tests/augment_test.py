@@ -52,8 +52,9 @@ def test_3d_flip_is_left_right_only():
 
 @pytest.mark.parametrize("name", ["organamnist", "organmnist3d"])
 def test_flip_refused_for_sided_labels(name):
-  config = config_lib.resolve(base_config.get_config())
+  config = base_config.get_config()
   config.data.name, config.data.augment = name, "flip_shift"
+  config = config_lib.resolve(config)  # model.name "" -> the CNN for this data's dims
   with pytest.raises(errors.ConfigError, match=r"swap .*sided classes \(.*-left.*data.augment=shift"):
     config_lib.validate(config)
   config.data.augment = "shift"
