@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from fedjax_med import batching, data, metrics, tasks
+from fedjax_med.partition import base as partition_base
 from fedjax_med.partition.base import Partition
 
 
@@ -78,11 +79,6 @@ def predict_probs(eval_fn, params, images: np.ndarray, batch_size: int,
   """
   placeholder = np.zeros((len(images), *label_shape), np.int32)
   return predict(eval_fn, params, images, placeholder, batch_size)[1]
-
-
-def is_multi_label(labels: np.ndarray) -> bool:
-  """``[N, L]`` multi-hot labels (L > 1), not ``[N]`` / ``[N, 1]`` class ids."""
-  return np.ndim(labels) == 2 and np.shape(labels)[1] > 1
 
 
 def multi_label_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -125,7 +121,7 @@ def class_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
   accuracy is the mean recall over the classes present. ``[N, L]`` multi-hot
   labels are a multi-label task: :func:`multi_label_metrics`.
   """
-  if is_multi_label(labels):
+  if partition_base.is_multi_label(labels):
     return multi_label_metrics(probs, labels)
   labels = np.asarray(labels).reshape(-1)
   num_classes = probs.shape[1]

@@ -201,6 +201,19 @@ _LEARN = [pytest.param(n, marks=pytest.mark.slow) if n.startswith(("vit", "convn
           for n in [*models.TEST_MODELS, "resnet_tiny_bn"]]
 
 
+def _six_rounds_that_learn(alg, state, clients):
+  """Six jitted rounds on the same clients (one trace): finite losses that fall; the state."""
+  chex.clear_trace_counter()  # every parametrization builds its own round_fn
+  round_fn = jax.jit(chex.assert_max_traces(alg.round, n=1))
+  losses = []
+  for _ in range(6):
+    state, metrics = round_fn(state, clients)
+    losses.append(float(jnp.mean(metrics.client_loss)))
+  assert np.all(np.isfinite(losses)) and int(state.round) == 6
+  assert losses[-1] < 0.99 * losses[0], losses  # same examples each round: must fall
+  return state
+
+
 @pytest.mark.parametrize("name", _LEARN)
 def test_tiny_variant_learns_inside_the_vmapped_fedavg_round(name):
   """C=2 clients, S=1 step, B=2: the round compiles once and the loss on these examples falls."""
@@ -210,14 +223,7 @@ def test_tiny_variant_learns_inside_the_vmapped_fedavg_round(name):
   state = alg.init(jax.jit(tasks.init_variables, static_argnums=(0, 2))(
       model, jax.random.PRNGKey(0), ds.image_shape), jax.random.PRNGKey(1))
   clients = make_clients(name, ds)
-  chex.clear_trace_counter()  # every parametrization builds its own round_fn
-  round_fn = jax.jit(chex.assert_max_traces(alg.round, n=1))
-  losses = []
-  for _ in range(6):
-    state, metrics = round_fn(state, clients)
-    losses.append(float(jnp.mean(metrics.client_loss)))
-  assert np.all(np.isfinite(losses)) and int(state.round) == 6
-  assert losses[-1] < 0.99 * losses[0], losses  # same examples each round: must fall
+  state = _six_rounds_that_learn(alg, state, clients)
   if name.endswith("_bn"):
     assert "batch_stats" in state.params
 
@@ -245,14 +251,7 @@ def test_tiny_3d_variant_learns_inside_the_vmapped_fedavg_round(name, norm):
   clients = types.ClientBatch(images.reshape(2, 1, 2, 8, 8, 8, 1), labels.reshape(2, 1, 2),
                               np.ones((2, 1, 2), bool), np.full(2, 2.0, np.float32),
                               np.arange(2, dtype=np.int32))
-  chex.clear_trace_counter()
-  round_fn = jax.jit(chex.assert_max_traces(alg.round, n=1))
-  losses = []
-  for _ in range(6):
-    state, metrics = round_fn(state, clients)
-    losses.append(float(jnp.mean(metrics.client_loss)))
-  assert np.all(np.isfinite(losses)) and int(state.round) == 6
-  assert losses[-1] < 0.99 * losses[0], losses
+  state = _six_rounds_that_learn(alg, state, clients)
   assert ("batch_stats" in state.params) == (norm == "batch")
 
 
