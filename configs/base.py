@@ -194,6 +194,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.log = ml_collections.ConfigDict()
   c.log.progress = "auto"  # auto (bar on a terminal) | bar | lines | none
+
+  # JAX's persistent compilation cache (fedjax_med/compile_cache.py): a rerun or the next
+  # run of a sweep with the same shapes loads the compiled round instead of compiling it.
+  # "auto" = $FEDJAX_MED_COMPILE_CACHE, else $JAX_COMPILATION_CACHE_DIR, else
+  # ~/.cache/fedjax_med/xla; a path; "" or "none" = off.
+  c.compile_cache = "auto"
+
+  # Many runs in one compiled round (README "Many runs in one jit"): seeds > 1 trains the
+  # runs of seeds seed, ..., seed + seeds - 1 together, vmapped over a leading run axis,
+  # each written to <workdir>/seed_<seed> exactly as a single run of that seed.
+  c.runs = ml_collections.ConfigDict({"seeds": 1})
   return c
 
 

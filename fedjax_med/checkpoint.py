@@ -13,6 +13,10 @@ Crash safety: ``checksums.json`` is created (empty) with the checkpoint folder, 
 a step that a kill left without its digest is recognised as damaged, not as a
 checkpoint of an older fedjax_med; old steps are deleted only after the new
 step's digest is on disk (orbax's own ``max_to_keep`` would delete them first).
+
+Several processes (``fedjax_med.multihost``): every process calls ``save`` and
+``restore`` (orbax's saves and deletes are collective; each process reads the arrays
+of its own devices); process 0 alone writes ``checksums.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import signal
 import jax
 import orbax.checkpoint as ocp
 
-from fedjax_med import errors, metrics, types
+from fedjax_med import errors, metrics, multihost, types
 
 log = logging.getLogger(__name__)
 CHECKSUMS = "checksums.json"
@@ -79,8 +83,10 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         ),
     )
-    if not self._manager.all_steps() and not os.path.exists(self._checksums_path()):
+    if (multihost.is_lead() and not self._manager.all_steps()
+        and not os.path.exists(self._checksums_path())):
       metrics.write_json_atomic(self._checksums_path(), {})
+    multihost.barrier("fedjax_med_checksums_init")
 
   def latest_round(self) -> int | None:
     return self._manager.latest_step()
@@ -102,17 +108,21 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.StandardSave(state))
     self._manager.wait_until_finished()
     kill_point("save", step)
+    lead = multihost.is_lead()
     sums = self._checksums()
-    sums[str(step)] = digest(os.path.join(self.directory, str(step)))
-    metrics.write_json_atomic(self._checksums_path(), sums)
+    if lead:
+      sums[str(step)] = digest(os.path.join(self.directory, str(step)))
+      metrics.write_json_atomic(self._checksums_path(), sums)
+    multihost.barrier("fedjax_med_checksums_saved")
     # Only now drop the oldest steps (a kill in between leaves one more, never one less).
     steps = sorted(self._manager.all_steps())
     if self.max_to_keep:
       for old in steps[:-self.max_to_keep]:
         self._manager.delete(old)
       kept = {str(s) for s in steps[-self.max_to_keep:]}
-      metrics.write_json_atomic(self._checksums_path(),
-                                {k: v for k, v in sums.items() if k in kept})
+      if lead:
+        metrics.write_json_atomic(self._checksums_path(),
+                                  {k: v for k, v in sums.items() if k in kept})
 
   def _restore_step(self, template: types.ServerState, step: int) -> types.ServerState:
     expected = self._checksums().get(str(step))

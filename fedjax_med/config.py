@@ -133,6 +133,15 @@ def _get(config, key: str):
   return node
 
 
+def check_runs(config: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` unless ``runs.seeds`` is an integer >= 1 whose seeds are valid."""
+  seeds = config.runs.seeds
+  _check(isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1, "runs.seeds",
+         seeds, "must be an integer >= 1 (the number of seeds trained together)")
+  _check(config.seed + seeds <= 2**31, "runs.seeds", seeds,
+         f"seeds {config.seed}..{config.seed + seeds - 1} pass 2**31; lower --config.seed")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` naming the first invalid key and how to fix it (on ``resolve``'s output)."""
   name = config.algorithm.name
@@ -143,6 +152,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "must be an integer in [0, 2**31)")
   _check(config.log.progress in PROGRESS, "log.progress", config.log.progress,
          f"choose one of {PROGRESS}")
+  _check(isinstance(config.get("compile_cache", "auto"), str), "compile_cache",
+         config.get("compile_cache"), "must be a folder, 'auto', or '' / 'none' (off)")
+  if "runs" in config:
+    check_runs(config)
   _check(config.data.name in registry.DATASETS, "data.name", config.data.name,
          f"choose one of {sorted(registry.DATASETS)}")
   sizes = registry.DATASETS[config.data.name].sizes

@@ -5,10 +5,12 @@ replicated (``P()``) and every ``ClientBatch`` leaf split on its leading client
 axis (``P('clients')``). XLA inserts the cross-device sum of the weighted
 deltas itself (the aggregation is a multiply + ``sum(axis=0)``). The same code
 serves several hosts: call ``jax.distributed.initialize()`` first (see
-``initialize_distributed``), then ``make_mesh()`` spans every process's devices;
+``multihost.initialize``), then ``make_mesh()`` spans every process's devices;
 the host batch of a round is a pure function of (seed, round), so every process
 builds the same one and ``shard_clients`` (``jax.device_put``) keeps the shards
-of its own devices. Untested here (one machine).
+of its own devices (``fedjax_med.multihost``; tested with 2 processes on loopback,
+tests/multihost_test.py). Runs vectorized together (``runs.seeds``) put a run axis
+before the client axis: ``client_axis=1``.
 """
 
 from __future__ import annotations
@@ -21,16 +23,6 @@ from jax.sharding import PartitionSpec as P
 from fedjax_med import types
 
 AXIS = "clients"
-
-
-def initialize_distributed(**kwargs) -> None:
-  """Multi-host setup: ``jax.distributed.initialize(**kwargs)`` before any JAX call.
-
-  On a cluster (e.g. SLURM, Cloud TPU) the arguments are detected; elsewhere pass
-  ``coordinator_address``, ``num_processes`` and ``process_id``. After it,
-  ``jax.devices()`` lists all hosts' devices and ``make_mesh`` spans them.
-  """
-  jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -57,32 +49,36 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def client_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(AXIS))
+def client_sharded(mesh: Mesh, client_axis: int = 0) -> NamedSharding:
+  """Split over the mesh on axis ``client_axis`` (1 when a run axis comes first)."""
+  return NamedSharding(mesh, P(*([None] * client_axis), AXIS))
 
 
-def shard_clients(clients: types.ClientBatch, mesh: Mesh) -> types.ClientBatch:
+def shard_clients(clients: types.ClientBatch, mesh: Mesh,
+                  client_axis: int = 0) -> types.ClientBatch:
   """``device_put`` every leaf split over devices on its client axis."""
-  if clients.weight.shape[0] % mesh.devices.size:
+  n = clients.weight.shape[client_axis]
+  if n % mesh.devices.size:
     raise ValueError(
-        f"{clients.weight.shape[0]} clients do not divide over {mesh.devices.size} devices; "
+        f"{n} clients do not divide over {mesh.devices.size} devices; "
         "pad with zero-weight clients (sharding.pad_multiple)"
     )
-  return jax.device_put(clients, client_sharded(mesh))
+  return jax.device_put(clients, client_sharded(mesh, client_axis))
 
 
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
-def jit_round(round_fn, mesh: Mesh, *, donate: bool = True):
-  """``jax.jit(round_fn)`` with the state replicated and the clients sharded.
+def jit_round(round_fn, mesh: Mesh, *, donate: bool = True, client_axis: int = 0):
+  """``jax.jit(round_fn)`` with the state replicated and the clients sharded
+  (on axis ``client_axis`` of the batch: 1 for a ``jax.vmap``-ed round of stacked runs).
 
   Returns a function ``(state, clients) -> (state, metrics)``; the state
   buffers are donated (when ``donate``) so the round updates them in place.
   Metrics come back replicated (they are small).
   """
-  rep, shard = replicated(mesh), client_sharded(mesh)
+  rep, shard = replicated(mesh), client_sharded(mesh, client_axis)
   return jax.jit(
       round_fn,
       in_shardings=(rep, shard),

@@ -13,6 +13,7 @@ train round / eval), ``summary.json`` (at the end), ``checkpoints/``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -27,9 +28,11 @@ import numpy as np
 from fedjax_med import (
   batching,
   checkpoint,
+  compile_cache,
   experiment,
   finetune,
   metrics,
+  multihost,
   partition,
   sharding,
   types,
@@ -52,155 +55,366 @@ def train_and_evaluate(
   A workdir holding a run of another config is refused (``workdir.check_identity``)
   unless ``fresh``, which deletes that run first; the workdir is locked for the run.
 
+  With ``config.runs.seeds = R > 1`` the R runs of seeds ``seed, ..., seed + R - 1``
+  train together, vectorized in one compiled round (:func:`train_runs`), each in
+  ``workdir/seed_<seed>``; the state of the last one is returned.
+
   Raises:
     ConfigError / DataError / WorkdirError: bad input (nothing written to ``workdir`` yet).
     NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
   """
+  seeds = config.runs.seeds if "runs" in config else 1
+  if seeds != 1:
+    config_lib.check_runs(config)
+    configs = [run_config(config, config.seed + r) for r in range(seeds)]
+    return train_runs(configs, [os.path.join(workdir, f"seed_{c.seed}") for c in configs],
+                      fresh=fresh)[-1]
+  return train_runs([config], [workdir], fresh=fresh)[0]
+
+
+def run_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """One run of a ``runs.seeds`` batch: ``config`` with ``seed`` and ``runs.seeds = 1``
+  (the config a single run of that seed has: its ``config.json``)."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.seed = seed
+  out.runs.seeds = 1
+  return out
+
+
+def train_runs(configs: list[ml_collections.ConfigDict], workdirs: list[str], *,
+               fresh: bool = False) -> list[types.ServerState]:
+  """Trains runs that differ only in ``seed`` together: one compiled round over a leading
+  run axis (``jax.vmap``), each run writing its own workdir exactly as a single run does.
+
+  Every run's partition, client sampling, batches, keys and state are its own; run r
+  equals the single run of its config to float tolerance (tests/vectorized_runs_test.py).
+  With one config this is ``train_and_evaluate``. A run that diverges stops (its last good
+  checkpoint kept); the others finish, then ``NonFiniteLossError`` names it.
+
+  Raises:
+    ConfigError: the configs differ in more than their seed, or use a feature whose round
+      depends on the seed (``attack``), or their local steps differ (``fl.local_epochs``).
+  """
   t_start = time.time()
-  exp = experiment.build(config)
+  if len(configs) != len(workdirs) or not configs:
+    raise ValueError("train_runs: one workdir per config, at least one")
+  if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+    raise config_lib.ConfigError(f"train_runs: two runs share a workdir: {workdirs}")
+  cache = compile_cache.setup(configs[0].get("compile_cache", "auto"))
+  exps = [experiment.build(c) for c in configs]
+  if len(exps) > 1:
+    _check_vectorizable(exps)
+  lead = multihost.is_lead()
   if not fresh:
-    workdir_lib.check_identity(workdir, exp.config.to_dict(), base_config.get_config().to_dict())
-  with workdir_lib.Lock(workdir):
-    if fresh:
-      workdir_lib.clear(workdir)
-    return _train(exp, workdir, t_start)
+    for exp, w in zip(exps, workdirs, strict=True):
+      workdir_lib.check_identity(w, exp.config.to_dict(), base_config.get_config().to_dict())
+  with contextlib.ExitStack() as stack:
+    if lead:
+      for w in workdirs:
+        stack.enter_context(workdir_lib.Lock(w))
+        if fresh:
+          workdir_lib.clear(w)
+    multihost.barrier("fedjax_med_workdir")
+    return _train(exps, workdirs, t_start, cache)
 
 
-def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.ServerState:
-  config, ds, fl = exp.config, exp.dataset, exp.config.fl
-  metrics.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-  metrics.write_json_atomic(
-      os.path.join(workdir, "partition.json"),
-      {**partition.summarize(exp.sites.train, ds.train.labels, ds.num_classes),
-       "held_out_sizes": exp.sites.test.sizes.tolist()},
-  )
-  state = exp.initial_state()
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.ckpt.keep)
-  writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
-  if ckpt.latest_round() is not None:
-    state = ckpt.restore(state)
-    log.info("resumed from %s at round %d", ckpt.directory, int(state.round))
-  start = int(state.round)
-  writer.truncate_after(start)
-  mesh = sharding.make_mesh()
-  state = sharding.replicate(state, mesh)
-  padded_clients = sharding.pad_multiple(exp.round_clients, mesh, exp.engine.client_chunk_size)
-  dp = exp.privacy
-  # The last round: fl.rounds, or earlier where the next round would pass privacy.max_epsilon.
-  end = fl.rounds if dp is None else dp.last_round
+def _check_vectorizable(exps: list[experiment.Experiment]) -> None:
+  """Runs trained in one vmapped round must share everything but their seed."""
+  first = exps[0].config.to_dict()
+  for exp in exps[1:]:
+    diff = workdir_lib.differences({**first, "seed": 0}, {**exp.config.to_dict(), "seed": 0})
+    if diff:
+      raise config_lib.ConfigError(
+          f"runs vectorized together must differ only in seed; they differ in {diff[:5]}. "
+          "Train them as separate runs.")
+  if exps[0].plan.attack is not None:
+    raise config_lib.ConfigError(
+        "invalid --config.runs.seeds with --config.attack.kind: the malicious clients are "
+        "chosen per seed and fixed in the compiled round; run the seeds as separate runs "
+        "(runs.seeds=1)")
+  steps = {exp.local_steps for exp in exps}
+  if len(steps) > 1 or len({exp.round_clients for exp in exps}) > 1:
+    raise config_lib.ConfigError(
+        f"invalid --config.runs.seeds: the seeds' partitions give different local steps "
+        f"({sorted(steps)}, fl.local_epochs sets them from the largest client); set "
+        "fl.local_steps instead of fl.local_epochs, or run the seeds separately")
 
-  def comm_bytes(rounds_done: int) -> dict:
+
+class _Run:
+  """One run's outputs in its workdir (written by the lead process only)."""
+
+  def __init__(self, exp: experiment.Experiment, workdir: str, lead: bool, together: int):
+    self.exp, self.workdir, self.lead = exp, workdir, lead
+    self.together = together  # runs vectorized in this run's compiled round (1: alone)
+    self.vectorized = together > 1
+    self.compile: dict | None = None  # compilation cache use until the first round
+    self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                        max_to_keep=exp.config.ckpt.keep)
+    self.writer = metrics.JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    self.events = None
+    self.diverged: str | None = None  # the error message, once the run diverged
+    self.first_round_s: float | None = None
+
+  def open(self) -> None:
+    config, ds = self.exp.config, self.exp.dataset
+    if not self.lead:
+      return
+    metrics.write_json_atomic(os.path.join(self.workdir, "config.json"), config.to_dict())
+    metrics.write_json_atomic(
+        os.path.join(self.workdir, "partition.json"),
+        {**partition.summarize(self.exp.sites.train, ds.train.labels, ds.num_classes),
+         "held_out_sizes": self.exp.sites.test.sizes.tolist()},
+    )
+    self.events = metrics.EventWriter(os.path.join(self.workdir, "tensorboard"))
+    self.events.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
+
+  def record(self, rec: dict) -> None:  # metrics.jsonl and TensorBoard
+    if self.lead:
+      self.writer.write(rec)
+      self.events.write(rec)
+
+  def comm_bytes(self, rounds_done: int) -> dict:
+    exp, dp = self.exp, self.exp.privacy
     spent = {} if dp is None else {"epsilon": float(dp.epsilon[rounds_done])}
     return {"bytes_up": rounds_done * exp.bytes_up_per_round,
             "bytes_down": rounds_done * exp.bytes_down_per_round, **spent}
 
-  def evaluate(params, round_idx: int, extra: dict | None = None) -> dict:
-    results = exp.evaluator.splits(params)
+  def evaluate(self, params, round_idx: int, extra: dict | None = None) -> dict:
+    results = self.exp.evaluator.splits(params)
     for split, res in results.items():
       res.update(round=round_idx, split=split, **(extra or {}))
       if extra is not None:
-        record(res)
+        self.record(res)
         if split == "val":
           checkpoint.kill_point("eval", round_idx)  # test hook; no-op unless set
-    log.info("round %d: val acc %.4f auc %.4f | test acc %.4f auc %.4f", round_idx,
+    log.info("%sround %d: val acc %.4f auc %.4f | test acc %.4f auc %.4f", self.tag, round_idx,
              results["val"]["accuracy"], results["val"]["auc"],
              results["test"]["accuracy"], results["test"]["auc"])
     return results
 
-  prefetcher = batching.Prefetcher(functools.partial(exp.make_batch, pad_clients_to=padded_clients),
-                                   stop=end)
-  round_fn = sharding.jit_round(exp.algorithm.round, mesh)
-  diagnose = exp.algorithm.diagnostics and jax.jit(exp.algorithm.diagnostics)
-  state_finite = jax.jit(_all_finite)
-  analysis_fn = _make_analysis_fn(config, exp.model, ds)
-  progress = Progress(end, mode=config.log.progress, unit="round", initial=start)
-  events = metrics.EventWriter(os.path.join(workdir, "tensorboard"))
-  events.text("config", "```\n" + config.to_json_best_effort(indent=2) + "\n```")
+  @property
+  def tag(self) -> str:
+    return f"[seed {self.exp.config.seed}] " if self.vectorized else ""
 
-  def record(rec: dict) -> None:  # metrics.jsonl and TensorBoard
-    writer.write(rec)
-    events.write(rec)
+  def close(self) -> None:
+    if self.events is not None:
+      self.events.close()
+      self.events = None
+
+
+def _view(tree, r: int | None):
+  """Run ``r``'s slice of a state stacked on a leading run axis (``None``: not stacked)."""
+  return tree if r is None else jax.tree.map(lambda x: x[r], tree)
+
+
+def _stack(trees: list):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _restore(runs: list[_Run], state, stacked: bool):
+  """Restores every run from its newest checkpoint, at the newest round all runs have.
+
+  Runs of one batch are saved one after another: a kill between two saves leaves some a
+  checkpoint behind; they all resume from the older round (it is deterministic)."""
+  latest = [run.ckpt.latest_round() for run in runs]
+  if all(x is None for x in latest):
+    return state
+  if not stacked:
+    state = runs[0].ckpt.restore(state)
+    log.info("resumed from %s at round %d", runs[0].ckpt.directory, int(state.round))
+    return state
+  common = min(x or 0 for x in latest)
+  restored = []
+  for r, run in enumerate(runs):
+    template = _view(state, r)
+    if common == 0:
+      restored.append(template)
+      continue
+    restored.append(run.ckpt.restore(template, step=None if latest[r] == common else common))
+  out = _stack(restored)
+  log.info("resumed %d vectorized runs at round %d", len(runs), int(out.round[0]))
+  return out
+
+
+def _train(exps: list[experiment.Experiment], workdirs: list[str], t_start: float,
+           cache_dir: str | None) -> list[types.ServerState]:
+  lead = multihost.is_lead()
+  exp0 = exps[0]
+  config, fl = exp0.config, exp0.config.fl
+  stacked = len(exps) > 1
+  runs = [_Run(exp, w, lead, len(exps)) for exp, w in zip(exps, workdirs, strict=True)]
+  for run in runs:
+    run.open()
+  mesh = sharding.make_mesh()
+  axis = 1 if stacked else 0  # the client axis of the batch (after the run axis)
+  state = (_stack([exp.initial_state() for exp in exps]) if stacked
+           else exp0.initial_state())
+  # Placed on the mesh first: a checkpoint restores into the replicated layout (every
+  # process then reads the arrays of its own devices).
+  state = sharding.replicate(state, mesh)
+  state = _restore(runs, state, stacked)
+  start = int(jax.device_get(state.round[0] if stacked else state.round))
+  if lead:
+    for run in runs:
+      run.writer.truncate_after(start)
+  padded_clients = sharding.pad_multiple(exp0.round_clients, mesh, exp0.engine.client_chunk_size)
+  dp = exp0.privacy
+  # The last round: fl.rounds, or earlier where the next round would pass privacy.max_epsilon.
+  end = fl.rounds if dp is None else dp.last_round
+
+  prefetchers = [batching.Prefetcher(functools.partial(exp.make_batch,
+                                                       pad_clients_to=padded_clients), stop=end)
+                 for exp in exps]
+  round_fn = sharding.jit_round(jax.vmap(exp0.algorithm.round) if stacked
+                                else exp0.algorithm.round, mesh, client_axis=axis)
+  diagnose = exp0.algorithm.diagnostics and jax.jit(
+      jax.vmap(exp0.algorithm.diagnostics) if stacked else exp0.algorithm.diagnostics)
+  state_finite = jax.jit(jax.vmap(_all_finite) if stacked else _all_finite)
+  analysis_fns = [_make_analysis_fn(exp.config, exp.model, exp.dataset) if lead else None
+                  for exp in exps]
+  progress = Progress(end, mode=config.log.progress if lead else "none", unit="round",
+                      initial=start)
+  cache_before = compile_cache.CacheStats.snapshot()
 
   if start < end:
-    log.info("compiling the round (%s, %d clients a round)...", config.algorithm.name,
-             fl.clients_per_round)
-  first_round_s = None
+    log.info("compiling the round (%s, %d clients a round%s)...", config.algorithm.name,
+             fl.clients_per_round, f", {len(exps)} runs vectorized" if stacked else "")
   try:
     for r in range(start, end):
-      host_batch = prefetcher.get(r)
-      batch = sharding.shard_clients(host_batch, mesh)
+      host_batches = [p.get(r) for p in prefetchers]
+      host_batch = _stack_host(host_batches) if stacked else host_batches[0]
+      batch = sharding.shard_clients(host_batch, mesh, client_axis=axis)
       with jax.transfer_guard_host_to_device("disallow"):
         state, round_metrics = round_fn(state, batch)
-      m = jax.device_get(round_metrics)
-      drops = _drops(exp, r, host_batch, m)
-      train_loss = _mean_loss(m, drops)
-      if first_round_s is None:
-        first_round_s = time.time() - t_start
-        log.info("first round done %.1f s after start (compile included)", first_round_s)
-      if drops["all_dropped"]:
-        log.warning("round %d: every one of the %d sampled clients dropped out or failed "
-                    "(%d failed: a non-finite loss or update; if every round fails, lower "
-                    "fl.client_lr); the round changes nothing%s", r + 1,
-                    drops["dropped_clients"], drops["failed_clients"],
-                    " but the DP noise" if exp.plan.client_dp is not None else "")
-      # Clients whose loss or update was non-finite were dropped in the round (a round
-      # where every client failed changes nothing, is logged above and the run goes on).
-      # The loss is measured before each step: check the new global state too, so that a
-      # non-finite model is never evaluated or saved; that stops the run.
-      what = None if bool(state_finite(state)) else "model or optimizer state"
-      if what:
-        last = ckpt.latest_round()
-        kept = (f"The last good checkpoint (round {last}) is kept in {ckpt.directory}."
-                if last is not None else "No checkpoint had been saved yet.")
-        raise NonFiniteLossError(
-            f"non-finite {what} in round {r + 1}; stopped. {kept} Lower --config.fl.client_lr "
-            "or --config.fl.server_lr and rerun with --fresh or in a new workdir."
-        )
-      real = (host_batch.weight > 0) & ~drops["failed"]
-      record({
-          "round": r + 1,
-          "split": "train",
-          "loss": train_loss,
-          "dropped_clients": drops["dropped_clients"],
-          "failed_clients": drops["failed_clients"],
-          **({"all_dropped": True} if drops["all_dropped"] else {}),
-          # reporting malicious clients of the round (config.attack)
-          **({"malicious_clients": int(np.isin(host_batch.client_id[real],
-                                               exp.plan.attack.malicious).sum())}
-             if exp.plan.attack is not None else {}),
-          "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
-          "pseudo_grad_norm": float(m.pseudo_grad_norm),
-          **comm_bytes(r + 1),
-          # the round's client lr, when a schedule changes it (fl.client_lr_schedule / warmup)
-          **({"client_lr": _client_lr(exp, r)} if exp.plan.client_lr_scale is not None
-             else {}),
-          **({k: float(v) for k, v in jax.device_get(diagnose(state)).items()} if diagnose
-             else {}),
-          **({k: float(v) for k, v in m.privacy.items()} if m.privacy is not None else {}),
-      })
-      progress.update(r + 1, "all clients dropped" if train_loss is None else
-                      f"train loss {train_loss:.4f}")
+      m_all = jax.device_get(round_metrics)
+      finite = np.atleast_1d(np.asarray(jax.device_get(state_finite(state))))
+      diag = jax.device_get(diagnose(state)) if diagnose else None
+      if runs[0].first_round_s is None:
+        first = time.time() - t_start
+        compiled = compile_cache.CacheStats.since(cache_before)
+        for run in runs:
+          run.first_round_s = first
+          run.compile = {"cache_dir": cache_dir, "first_round_s": round(first, 3), **compiled}
+        log.info("first round done %.1f s after start (compile included; compilation cache "
+                 "%s: %d programs loaded, %d compiled and stored)", first, cache_dir or "off",
+                 compiled["hits"], compiled["written"])
       done = r + 1 == end
-      if (r + 1) % config.eval.every == 0 or done:
-        evaluate(state.params, r + 1,
-                 {**comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
-      if analysis_fn is not None and ((r + 1) % config.analysis.every == 0 or done):
-        record({"round": r + 1, "split": "analysis",
-                **_stability(analysis_fn(state.params, r + 1), _client_lr(exp, r)),
-                **({} if dp is None else {"epsilon": float(dp.epsilon[r + 1])})})
-      if (r + 1) % config.ckpt.every == 0 or done:
-        ckpt.save(state)
+      notes = None
+      for i, run in enumerate(runs):
+        if run.diverged:
+          continue
+        ri = i if stacked else None
+        m = _view(m_all, ri)
+        loss = _log_round(run, r, host_batches[i], m, bool(finite[i]),
+                          None if diag is None else _view(diag, ri))
+        if notes is None and not run.diverged:  # the progress note: the first live run's
+          notes = "all clients dropped" if loss is None else f"train loss {loss:.4f}"
+        if run.diverged:
+          continue
+        if (r + 1) % run.exp.config.eval.every == 0 or done:
+          if lead:
+            run.evaluate(_view(multihost.to_local(state.params), ri), r + 1,
+                         {**run.comm_bytes(r + 1), "elapsed_s": round(time.time() - t_start, 3)})
+        fn = analysis_fns[i]
+        if fn is not None and ((r + 1) % config.analysis.every == 0 or done):
+          run.record({"round": r + 1, "split": "analysis",
+                      **_stability(fn(_view(multihost.to_local(state.params), ri), r + 1),
+                                   _client_lr(run.exp, r)),
+                      **({} if dp is None else {"epsilon": float(dp.epsilon[r + 1])})})
+        if (r + 1) % run.exp.config.ckpt.every == 0 or done:
+          run.ckpt.save(_view(state, ri))
+      if all(run.diverged for run in runs):
+        break
+      progress.update(r + 1, notes or "")
   finally:
     progress.close()
-    prefetcher.close()
-    events.close()
+    for p in prefetchers:
+      p.close()
+    for run in runs:
+      run.close()
 
-  records = metrics.read_jsonl(writer.path)
+  states = []
+  for i, run in enumerate(runs):
+    run_state = _view(state, i if stacked else None)
+    if not run.diverged and lead:
+      _summarize(run, multihost.to_local(run_state), end, t_start)
+    multihost.barrier("fedjax_med_summary")
+    run.ckpt.close()
+    states.append(run_state)
+  diverged = [run.diverged for run in runs if run.diverged]
+  if diverged:
+    raise NonFiniteLossError(" | ".join(diverged))
+  return states
+
+
+def _stack_host(batches: list[types.ClientBatch]) -> types.ClientBatch:
+  return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+def _log_round(run: _Run, r: int, host_batch: types.ClientBatch, m: types.RoundMetrics,
+               finite: bool, diag: dict | None) -> float | None:
+  """Records round ``r``'s train line of one run and returns its train loss; marks the
+  run diverged when its new global state is not finite (it is then never evaluated or
+  saved; alone, it raises ``NonFiniteLossError``)."""
+  exp = run.exp
+  drops = _drops(exp, r, host_batch, m)
+  train_loss = _mean_loss(m, drops)
+  if drops["all_dropped"]:
+    log.warning("%sround %d: every one of the %d sampled clients dropped out or failed "
+                "(%d failed: a non-finite loss or update; if every round fails, lower "
+                "fl.client_lr); the round changes nothing%s", run.tag, r + 1,
+                drops["dropped_clients"], drops["failed_clients"],
+                " but the DP noise" if exp.plan.client_dp is not None else "")
+  # Clients whose loss or update was non-finite were dropped in the round (a round
+  # where every client failed changes nothing, is logged above and the run goes on).
+  # The loss is measured before each step: check the new global state too, so that a
+  # non-finite model is never evaluated or saved; that stops the run.
+  if not finite:
+    last = run.ckpt.latest_round()
+    kept = (f"The last good checkpoint (round {last}) is kept in {run.ckpt.directory}."
+            if last is not None else "No checkpoint had been saved yet.")
+    run.diverged = (
+        f"{run.tag}non-finite model or optimizer state in round {r + 1}; stopped. {kept} "
+        "Lower --config.fl.client_lr or --config.fl.server_lr and rerun with --fresh or in "
+        "a new workdir.")
+    if not run.vectorized:
+      raise NonFiniteLossError(run.diverged)
+    log.error("%s", run.diverged)
+    return None
+  real = (host_batch.weight > 0) & ~drops["failed"]
+  run.record({
+      "round": r + 1,
+      "split": "train",
+      "loss": train_loss,
+      "dropped_clients": drops["dropped_clients"],
+      "failed_clients": drops["failed_clients"],
+      **({"all_dropped": True} if drops["all_dropped"] else {}),
+      # reporting malicious clients of the round (config.attack)
+      **({"malicious_clients": int(np.isin(host_batch.client_id[real],
+                                           exp.plan.attack.malicious).sum())}
+         if exp.plan.attack is not None else {}),
+      "update_norm": float(np.mean(m.update_norm[real])) if real.any() else 0.0,
+      "pseudo_grad_norm": float(m.pseudo_grad_norm),
+      **run.comm_bytes(r + 1),
+      # the round's client lr, when a schedule changes it (fl.client_lr_schedule / warmup)
+      **({"client_lr": _client_lr(exp, r)} if exp.plan.client_lr_scale is not None
+         else {}),
+      **({k: float(v) for k, v in diag.items()} if diag is not None else {}),
+      **({k: float(v) for k, v in m.privacy.items()} if m.privacy is not None else {}),
+  })
+  return train_loss
+
+
+def _summarize(run: _Run, state, end: int, t_start: float) -> None:
+  """Writes ``summary.json`` of a finished run (lead process)."""
+  exp = run.exp
+  config, ds, fl, dp = exp.config, exp.dataset, exp.config.fl, exp.privacy
+  records = metrics.read_jsonl(run.writer.path)
   final = {}
   for split in ("val", "test"):
     last = [x for x in records if x["split"] == split and x["round"] == end]
     if not last:  # resumed an already finished run: evaluate again
-      last = [evaluate(state.params, end)[split]]
+      last = [run.evaluate(state.params, end)[split]]
     final[split] = {k: last[-1][k] for k in ("loss", "accuracy", "auc")}
   sites = _site_results(exp, state, end)
   target = config.comm.target_accuracy
@@ -216,21 +430,27 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
       "local_steps": exp.local_steps,
       "sample_gradients_per_round": fl.clients_per_round * exp.local_steps * fl.batch_size,
       "wall_time_s": time.time() - t_start,
-      "time_to_first_round_s": first_round_s,
+      "time_to_first_round_s": run.first_round_s,
+      # persistent compilation cache: its folder and the compiles it served (hits) or
+      # compiled and stored (written) until the first round was done; a warm rerun
+      # writes none
+      "compile": run.compile,
       "engine": exp.engine._asdict(),
+      "processes": jax.process_count(),
+      "vectorized_runs": run.together,
       "compressor": config.comm.compressor,
       "aggregator": {"name": config.aggregator.name,
                      "stacked_delta_bytes": exp.stacked_delta_bytes},
       "attack": None if exp.plan.attack is None else {
           "kind": exp.plan.attack.kind, "fraction": config.attack.fraction,
           "scale": exp.plan.attack.scale, "malicious": list(exp.plan.attack.malicious)},
-      "total_bytes_up": comm_bytes(end)["bytes_up"],
-      "total_bytes_down": comm_bytes(end)["bytes_down"],
+      "total_bytes_up": run.comm_bytes(end)["bytes_up"],
+      "total_bytes_down": run.comm_bytes(end)["bytes_down"],
       # clients that dropped out (fl.dropout_rate) or failed (non-finite result), all rounds
       **_drop_totals(records),
       "target_accuracy": target,
       "rounds_to_target": reached[0] if reached else None,
-      "bytes_up_to_target": comm_bytes(reached[0])["bytes_up"] if reached else None,
+      "bytes_up_to_target": run.comm_bytes(reached[0])["bytes_up"] if reached else None,
       **final,
       "selected": select(records, config.eval.select_on),
       # each site's held-out share: "sites" with the model it would use (its own where the
@@ -244,10 +464,9 @@ def _train(exp: experiment.Experiment, workdir: str, t_start: float) -> types.Se
           getattr(state, "inner", state).privacy))}),  # SWA wraps the state
   }
   checkpoint.kill_point("summary", int(state.round))  # test hook; no-op unless set
-  metrics.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  ckpt.close()
-  log.info("test accuracy %.4f, AUC %.4f", final["test"]["accuracy"], final["test"]["auc"])
-  return state
+  metrics.write_json_atomic(os.path.join(run.workdir, "summary.json"), summary)
+  log.info("%stest accuracy %.4f, AUC %.4f", run.tag, final["test"]["accuracy"],
+           final["test"]["auc"])
 
 
 def _client_store(state) -> types.ClientState | None:

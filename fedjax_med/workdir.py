@@ -22,7 +22,7 @@ from fedjax_med import errors
 
 # Dotted config keys that may differ between the runs of one workdir.
 IGNORED = frozenset({"log.progress", "eval.batch_size", "ckpt.keep", "ckpt.every", "data.root",
-                     "data.download"})
+                     "data.download", "compile_cache"})
 # What a run writes into its workdir (``clear`` removes exactly these).
 RUN_FILES = ("config.json", "partition.json", "metrics.jsonl", "summary.json", "checkpoints")
 

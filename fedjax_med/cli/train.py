@@ -31,6 +31,16 @@ flags.DEFINE_string("workdir", None, "Directory for config, metrics, summary and
 flags.DEFINE_bool("fresh", False, "Delete the run already in --workdir (config.json, metrics, "
                   "summary, checkpoints) and start over; without it a rerun resumes, and a "
                   "different config is refused.")
+# Several processes, one run (README "Run on several machines"; fedjax_med/multihost.py).
+flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distributed.initialize "
+                  "with the addresses below, or those JAX detects (SLURM, Open MPI, TPU).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies "
+                    "--distributed).")
+flags.DEFINE_integer("num_processes", None, "Processes in the run (implies --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (implies "
+                     "--distributed).")
+flags.DEFINE_integer("cpu_devices", 0, "> 0: this process exposes that many CPU devices "
+                     "(test a multi-device mesh without accelerators).")
 
 
 def _describe(e: BaseException) -> str:
@@ -72,10 +82,27 @@ def _run(argv) -> int:
     fail(f"cannot load --config: {e}")
   if config is None or FLAGS.workdir is None:
     fail("both --config=<file or packaged name> and --workdir=<dir> are required")
-  from fedjax_med import errors, train  # after flag parsing: keep --help fast
+  from fedjax_med import errors, multihost, train  # after flag parsing: keep --help fast
   from fedjax_med.cli import logs
 
   logs.setup_logging()
+  distributed = FLAGS.distributed or any(
+      v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
+  if distributed:
+    if FLAGS.num_processes is not None and not (
+        FLAGS.process_id is not None and 0 <= FLAGS.process_id < FLAGS.num_processes):
+      fail(f"--process_id={FLAGS.process_id} must be in [0, --num_processes="
+           f"{FLAGS.num_processes})")
+    try:
+      multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           cpu_devices=FLAGS.cpu_devices)
+    except (ValueError, RuntimeError) as e:
+      fail(f"cannot join the multi-process run: {str(e).splitlines()[0]} (check "
+           "--coordinator_address, --num_processes and --process_id, or run without them)")
+  elif FLAGS.cpu_devices:
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
   try:
     train.train_and_evaluate(config, FLAGS.workdir, fresh=FLAGS.fresh)
   except errors.UserError as e:
@@ -97,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
   except config_files.UnknownConfigError as e:
     fail(str(e))
   _ARGV[:] = full
-  for name in ("config", "workdir", "fresh"):  # --help lists the main module's key flags
+  for name in ("config", "workdir", "fresh", "distributed", "coordinator_address",
+               "num_processes", "process_id", "cpu_devices"):  # --help lists these
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
   app.run(_run, argv=full, flags_parser=parse_flags)
   return 0
