@@ -18,7 +18,9 @@ The chunk (``client_chunk_size``) is tuned per model first (``--chunk auto``):
 the warm round at K=``--tune-k`` for each ``--chunk-candidates``; the fastest
 is used for every K of that model. On CPU resnet* runs only K <= 16
 (``--resnet-max-k``). Also reported: ``peak_mem_ratio`` (``bench/memory.py``),
-the quickstart's ``time_to_first_round_s`` (``bench/first_round.py``) and, with
+the quickstart's ``time_to_first_round_s`` cold and warm (an empty, then a filled
+persistent compilation cache; ``--quickstart-rounds 20`` times a whole short run;
+``bench/first_round.py``) and, with
 ``--large``, ``bench/cohort.py``. The last line is one JSON object (headline
 keys for the first model).
 """
@@ -110,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
   add("--budget-s", type=float, default=0,
       help="skip the remaining (model, K) cells once this many seconds have passed (0 = none)")
   add("--skip-quickstart", action="store_true")
+  add("--quickstart-rounds", type=int, default=1,
+      help="rounds of the cold and warm quickstart processes (20: a whole short run)")
   add("--skip-memory", action="store_true")
   add("--large", action="store_true", help="also time 1,000 of 10,000 clients (bench/cohort.py)")
   return p
@@ -206,13 +210,15 @@ def main(argv=None) -> dict:
     out["large"] = cohort.large_cohort(Setup(head, args.conv_impl, args.unroll), chunk_of[head],
                                        args.repeats)
     harness.log("\n" + cohort.describe(out["large"]))
-  qs = {"skipped": "--skip-quickstart"} if args.skip_quickstart else first_round.first_round()
+  qs = ({"skipped": "--skip-quickstart"} if args.skip_quickstart
+        else first_round.first_round(rounds=args.quickstart_rounds))
   harness.log("\n" + first_round.describe(qs))
   ref, hmem = results[head].get("64", {}), mem.get(head, {})
   out.update(model=head, vs_loop_k64=ref.get("vs_loop"), vs_central_k64=ref.get("vs_central"),
              peak_mem_ratio=hmem.get("temp_ratio"),
              peak_mem_argument_ratio=hmem.get("argument_ratio"), peak_mem_ks=hmem.get("ks"),
-             time_to_first_round_s=qs.get("time_to_first_round_s"), quickstart=qs,
+             time_to_first_round_s=qs.get("time_to_first_round_s"),
+             time_to_first_round_s_warm=qs.get("time_to_first_round_s_warm"), quickstart=qs,
              chunk={m: workload.chunk_name(c) for m, c in chunk_of.items()}, chunk_tuning=tuning,
              tune_k=args.tune_k if args.chunk == "auto" else None,
              loop_max_clients=args.loop_max_clients)

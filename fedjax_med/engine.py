@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 AUTO_CHUNK = {"cpu": 1, "gpu": 1024, "tpu": 1024}
 
 
+# Runs that differ only in their seed trained in one process, vectorized over a run axis
+# (``runs.seeds``), rather than each in its own process: where bench/many_runs.py measured
+# it faster. CPU: no (see AUTO_VECTORIZE_NOTE); GPU / TPU: yes (a small model leaves most
+# of an accelerator idle; not yet measured on one here).
+AUTO_VECTORIZE_SEEDS = {"cpu": False, "gpu": True, "tpu": True}
+
+
+def vectorize_seeds(backend: str) -> bool:
+  """Whether a sweep trains a group of seeds in one vectorized process on ``backend``."""
+  return AUTO_VECTORIZE_SEEDS.get(backend, False)
+
+
 class Engine(NamedTuple):
   client_chunk_size: int | None  # None = all clients at once
   conv_impl: str  # "native" | "im2col"

@@ -18,6 +18,8 @@ TCP with gloo (:data:`CPU_COLLECTIVES`), e.g. on 127.0.0.1 for a test on one mac
 from __future__ import annotations
 
 import logging
+import socket
+import time
 
 import jax
 
@@ -46,6 +48,30 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              initialization_timeout=timeout_s)
   log.info("process %d of %d; %d local and %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+  """Waits until ``host:port`` accepts TCP connections (process 0 started the run).
+
+  JAX aborts the process when the coordinator cannot be reached; checking first turns
+  that into one clear error.
+
+  Raises:
+    ConnectionError: not reachable within ``timeout_s`` seconds, or a malformed address.
+  """
+  host, sep, port = address.rpartition(":")
+  if not sep or not host or not port.isdigit():
+    raise ConnectionError(f"--coordinator_address={address!r} is not host:port")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ConnectionError(f"the coordinator {address} is not reachable after "
+                              f"{timeout_s:g} s ({e.strerror or e})") from None
+      time.sleep(0.5)
 
 
 def is_lead() -> bool:

@@ -145,3 +145,16 @@ def test_a_process_id_outside_the_run_exits_2(tmp_path):
   assert res.returncode == 2, res.stderr
   assert res.stderr.startswith("error: --process_id=2") and res.stderr.count("\n") == 1
   assert not (tmp_path / "run").exists()
+
+
+def test_an_unreachable_coordinator_exits_2(tmp_path):
+  res = subprocess.run(
+      [sys.executable, os.path.join(REPO, "launch", "main.py"), "--config=configs/quickstart.py",
+       f"--workdir={tmp_path / 'run'}", f"--coordinator_address=127.0.0.1:{_free_port()}",
+       "--num_processes=2", "--process_id=1", "--distributed_timeout_s=2"],
+      capture_output=True, text=True, cwd=REPO, timeout=120, env={**os.environ,
+                                                                   "PYTHONPATH": REPO})
+  assert res.returncode == 2, res.stderr
+  assert res.stderr.startswith("error: cannot join the multi-process run: the coordinator "
+                               "127.0.0.1:"), res.stderr
+  assert res.stderr.count("\n") == 1 and not (tmp_path / "run").exists()

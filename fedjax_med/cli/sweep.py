@@ -2,7 +2,7 @@
 
   fedjax-med-sweep --study=heterogeneity:cpu [--jobs=2] \
       [--workdir=runs/studies/heterogeneity/cpu] [--only=REGEX] [--dry_run] \
-      [--override=KEY=VALUE ...]
+      [--vectorize_seeds=auto|yes|no] [--override=KEY=VALUE ...]
 
 (in a clone also ``python launch/sweep.py --study=configs/studies/heterogeneity.py:cpu``).
 ``--study`` is a study file and preset, or a packaged study name
@@ -12,7 +12,10 @@ Each run is ``python -m fedjax_med.cli.train`` in its own workdir
 resume. ``WORKDIR/sweep.json`` records each run's command and status and this
 command line; ``fedjax-med-report --study=...`` then makes the report (in
 ``WORKDIR/report/``). ``--override`` adds ``--config.KEY=VALUE`` to every run after
-the grid's own (smoke tests in a scratch ``--workdir``).
+the grid's own (smoke tests in a scratch ``--workdir``). ``--vectorize_seeds``:
+runs that differ only in consecutive seeds train in one process, vectorized in one
+compiled round, each in its own workdir as before (``auto``: on a GPU, where it was
+measured faster; on CPU every run has its own process).
 
 Exit codes: 0 all runs and post steps done, 1 some failed (the others still
 ran), 2 a bad study file or ``--override``.
@@ -34,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
   flag(p, "only", default="", help="only runs whose name matches REGEX")
   flag(p, "dry_run", action="store_true", help="print the commands only")
   flag(p, "workdir", default="", help="default runs/studies/<name>/<preset>")
+  flag(p, "vectorize_seeds", default="auto", choices=("auto", "yes", "no"),
+       help="train runs that differ only in consecutive seeds in one process, vectorized "
+       "(auto: where measured faster, i.e. on a GPU; bench/many_runs.py)")
   flag(p, "override", action="append", default=[],
        help="KEY=VALUE for every run, after the grid's own (for smoke tests)")
   args = p.parse_args(argv)
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
   extra = dict(o.split("=", 1) for o in args.override)
   typed = sys.argv if argv is None else ["", *argv]
   manifest = runner.run_all(study, workdir, jobs=args.jobs, dry_run=args.dry_run,
-                            only=args.only, extra=extra,
+                            only=args.only, extra=extra, vectorize_seeds=args.vectorize_seeds,
                             invocation=commands.invocation(typed, "fedjax_med.cli.sweep"))
   if args.dry_run:
     return 0

@@ -39,6 +39,11 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implie
 flags.DEFINE_integer("num_processes", None, "Processes in the run (implies --distributed).")
 flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (implies "
                      "--distributed).")
+flags.DEFINE_list("run_workdirs", None, "With --config.runs.seeds=R: the R runs' workdirs "
+                  "(comma-separated, seed order) instead of WORKDIR/seed_<seed>; a sweep "
+                  "passes its runs' own folders.")
+flags.DEFINE_integer("distributed_timeout_s", 300, "How long a process waits for the "
+                     "coordinator (process 0) and for every process to join.")
 flags.DEFINE_integer("cpu_devices", 0, "> 0: this process exposes that many CPU devices "
                      "(test a multi-device mesh without accelerators).")
 
@@ -80,8 +85,11 @@ def _run(argv) -> int:
     config.to_dict()  # config_flags defers a bad --config path to first access
   except OSError as e:
     fail(f"cannot load --config: {e}")
-  if config is None or FLAGS.workdir is None:
+  if config is None or (FLAGS.workdir is None and not FLAGS.run_workdirs):
     fail("both --config=<file or packaged name> and --workdir=<dir> are required")
+  if FLAGS.run_workdirs and len(FLAGS.run_workdirs) != config.runs.seeds:
+    fail(f"--run_workdirs names {len(FLAGS.run_workdirs)} folders for --config.runs.seeds="
+         f"{config.runs.seeds}; give one folder per seed")
   from fedjax_med import errors, multihost, train  # after flag parsing: keep --help fast
   from fedjax_med.cli import logs
 
@@ -94,9 +102,11 @@ def _run(argv) -> int:
       fail(f"--process_id={FLAGS.process_id} must be in [0, --num_processes="
            f"{FLAGS.num_processes})")
     try:
+      if FLAGS.coordinator_address and FLAGS.process_id:  # process 0 starts the coordinator
+        multihost.wait_for_coordinator(FLAGS.coordinator_address, FLAGS.distributed_timeout_s)
       multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           cpu_devices=FLAGS.cpu_devices)
-    except (ValueError, RuntimeError) as e:
+                           cpu_devices=FLAGS.cpu_devices, timeout_s=FLAGS.distributed_timeout_s)
+    except (ValueError, RuntimeError, ConnectionError) as e:
       fail(f"cannot join the multi-process run: {str(e).splitlines()[0]} (check "
            "--coordinator_address, --num_processes and --process_id, or run without them)")
   elif FLAGS.cpu_devices:
@@ -104,7 +114,14 @@ def _run(argv) -> int:
 
     jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
   try:
-    train.train_and_evaluate(config, FLAGS.workdir, fresh=FLAGS.fresh)
+    if FLAGS.run_workdirs:
+      from fedjax_med import config as config_lib
+
+      config_lib.check_runs(config)
+      configs = [train.run_config(config, config.seed + r) for r in range(config.runs.seeds)]
+      train.train_runs(configs, FLAGS.run_workdirs, fresh=FLAGS.fresh)
+    else:
+      train.train_and_evaluate(config, FLAGS.workdir, fresh=FLAGS.fresh)
   except errors.UserError as e:
     fail(str(e), 2)
   except errors.NonFiniteLossError as e:
@@ -125,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     fail(str(e))
   _ARGV[:] = full
   for name in ("config", "workdir", "fresh", "distributed", "coordinator_address",
-               "num_processes", "process_id", "cpu_devices"):  # --help lists these
+               "num_processes", "process_id", "distributed_timeout_s", "cpu_devices",
+               "run_workdirs"):  # --help lists these
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
   app.run(_run, argv=full, flags_parser=parse_flags)
   return 0

@@ -10,6 +10,12 @@ its output file exists. ``SWEEP/sweep.json`` records every run's command and sta
 and the sweep's own command lines (``invocations``, printed by the report). Runs and
 post steps are ``python -m`` modules, so a sweep needs no clone; the recorded
 commands say ``python`` and paths relative to the current directory.
+
+Seeds in one process (``vectorize_seeds``): runs that differ only in consecutive seeds
+can train together, vectorized in one compiled round (``--config.runs.seeds=R
+--run_workdirs=...``), each still writing its own workdir exactly as alone. ``auto``
+does so where it was measured faster (``engine.vectorize_seeds``: GPUs; on CPU
+separate processes, bench/many_runs.py).
 """
 
 from __future__ import annotations
@@ -34,6 +40,48 @@ def command(study: Study, run: Run, sweep_dir: str, extra: Mapping | None = None
   return [*commands.python_argv("fedjax_med.cli.train"), f"--config={study.base}",
           f"--workdir={os.path.join(sweep_dir, run.name)}", "--config.log.progress=lines"] + [
               f"--config.{k}={v}" for k, v in overrides.items()]  # str() parses back
+
+
+def group_command(study: Study, group: Sequence[Run], sweep_dir: str,
+                  extra: Mapping | None = None) -> list[str]:
+  """One process training the runs of ``group`` (consecutive seeds, the same other
+  overrides) vectorized: the first run's command with ``runs.seeds`` and their workdirs."""
+  if len(group) == 1:
+    return command(study, group[0], sweep_dir, extra)
+  argv = command(study, group[0], sweep_dir, extra)
+  argv = [a for a in argv if not a.startswith("--workdir=")]
+  return argv + [f"--config.runs.seeds={len(group)}",
+                 "--run_workdirs=" + ",".join(os.path.join(sweep_dir, r.name) for r in group)]
+
+
+def seed_groups(runs: Sequence[Run], extra: Mapping | None = None) -> list[list[Run]]:
+  """``runs`` in groups that can train vectorized: the same overrides but the seed, and
+  consecutive seeds (a group is ``seed, seed + 1, ...``); order of first appearance."""
+  if extra and "seed" in extra:
+    return [[r] for r in runs]
+  by_rest: dict[str, list[Run]] = {}
+  for r in runs:
+    rest = {k: v for k, v in r.overrides.items() if k != "seed"}
+    by_rest.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(r)
+  groups = []
+  for members in by_rest.values():
+    members = sorted(members, key=lambda r: r.overrides.get("seed", 0))
+    current = [members[0]]
+    for r in members[1:]:
+      if r.overrides.get("seed", 0) == current[-1].overrides.get("seed", 0) + 1:
+        current.append(r)
+      else:
+        groups.append(current)
+        current = [r]
+    groups.append(current)
+  return groups
+
+
+def backend() -> str:
+  """The JAX backend runs get, asked of a child process (this one must not take the GPU)."""
+  out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                       capture_output=True, text=True, env=child_env(), timeout=300)
+  return out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout else "cpu"
 
 
 def shell(argv: Sequence[str]) -> str:
@@ -68,7 +116,7 @@ def child_env() -> dict[str, str]:
 
 def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = False,
             only: str = "", extra: Mapping | None = None, log=print,
-            invocation: Sequence[str] | None = None) -> dict:
+            invocation: Sequence[str] | None = None, vectorize_seeds: str = "no") -> dict:
   """Runs every incomplete run (``jobs`` at a time), then the post steps; writes sweep.json.
 
   Args:
@@ -81,6 +129,9 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
     log: where progress lines go.
     invocation: the sweep's own argv as typed (``commands.invocation``), added to the
       manifest's ``invocations`` (each distinct command line once, in order).
+    vectorize_seeds: ``yes``: runs that differ only in consecutive seeds train in one
+      process, vectorized; ``no``: every run its own process; ``auto``: ``yes`` where
+      ``engine.vectorize_seeds`` says it is faster (the runs' backend).
 
   Returns:
     The manifest written to ``SWEEP/sweep.json``: the study, each run's name,
@@ -96,12 +147,25 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
   todo = [r for r in runs if r.name not in status]
   log(f"study {study.name}:{study.preset}: {len(runs)} runs, {len(runs) - len(todo)} complete, "
       f"{len(todo)} to run, {jobs} at a time")
+  if vectorize_seeds not in ("yes", "no", "auto"):
+    raise ValueError(f"vectorize_seeds={vectorize_seeds!r}: choose yes, no or auto")
+  if vectorize_seeds == "auto":
+    from fedjax_med import engine
+
+    kind = backend()
+    vectorize_seeds = "yes" if engine.vectorize_seeds(kind) else "no"
+    how = "vectorized in one process" if vectorize_seeds == "yes" else "each in its own process"
+    log(f"backend {kind}: seeds {how} (--vectorize_seeds=auto)")
+  groups = seed_groups(todo, extra) if vectorize_seeds == "yes" else [[r] for r in todo]
   if dry_run:
-    for r in todo:
-      log("$ " + shell(command(study, r, sweep_dir, extra)))
+    for g in groups:
+      log("$ " + shell(group_command(study, g, sweep_dir, extra)))
     return {}
-  argvs = {r.name: command(study, r, sweep_dir, extra) for r in todo}
-  status.update(_run_processes(argvs, sweep_dir, jobs, log))
+  argvs = {g[0].name if len(g) == 1 else f"{g[0].name}..{len(g)}-seeds":
+           group_command(study, g, sweep_dir, extra) for g in groups}
+  members = {name: g for name, g in zip(argvs, groups, strict=True)}
+  for name, result in _run_processes(argvs, sweep_dir, jobs, log).items():
+    status.update({r.name: result for r in members[name]})
   for p in study.post:
     status["post:" + p.name] = _run_post(p, sweep_dir, log)
   manifest = _manifest(study, runs, sweep_dir, extra, status)

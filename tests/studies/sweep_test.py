@@ -398,3 +398,55 @@ def test_failing_post_step_is_reported(complete_sweep, study_file, tmp_path):
   manifest = runner.run_all(study, str(sweep_dir), log=lambda _: None)
   assert manifest["post"][0]["status"] == "failed: exit 3"
   assert runner.failed(manifest) == ["boom"]
+
+
+# ----------------------------------------------------------------------------- seeds vectorized
+
+
+def test_seed_groups_are_consecutive_seeds_of_the_same_point():
+  study = make_study(({"partition": {"iid": {"partition.kind": "iid"},
+                                     "a1": {"partition.alpha": 1.0}}},), seeds=(0, 1, 2, 5))
+  groups = runner.seed_groups(grid.expand(study))
+  assert [[r.name for r in g] for g in groups] == [
+      ["partition-iid+seed-0", "partition-iid+seed-1", "partition-iid+seed-2"],
+      ["partition-iid+seed-5"],
+      ["partition-a1+seed-0", "partition-a1+seed-1", "partition-a1+seed-2"],
+      ["partition-a1+seed-5"]]
+  # a --override of the seed makes every run its own process
+  assert all(len(g) == 1 for g in runner.seed_groups(grid.expand(study), {"seed": 3}))
+
+
+def test_group_command_trains_the_seeds_into_their_own_workdirs(tmp_path):
+  study = make_study(({"partition": {"iid": {"partition.kind": "iid"}}},), seeds=(3, 4))
+  runs = grid.expand(study)
+  argv = runner.group_command(study, runs, str(tmp_path))
+  assert "--config.seed=3" in argv and "--config.runs.seeds=2" in argv
+  assert not [a for a in argv if a.startswith("--workdir=")]
+  assert argv[-1] == "--run_workdirs=" + ",".join(str(tmp_path / r.name) for r in runs)
+  assert runner.group_command(study, runs[:1], str(tmp_path)) == runner.command(
+      study, runs[0], str(tmp_path))
+
+
+@pytest.mark.slow
+def test_vectorized_seeds_write_the_runs_separate_processes_write(study_file, tmp_path):
+  """--vectorize_seeds=yes: the 2 seeds of each point in one process; every run's workdir
+  holds what the run alone writes (config.json identical, same metrics to float rounding)."""
+  text = study_file.read_text().replace("seeds=(0,)", "seeds=(0, 1)")
+  two_seeds = tmp_path / "two_seeds.py"
+  two_seeds.write_text(text)
+  out = {}
+  for how in ("yes", "no"):
+    res = run_cli(f"--study={two_seeds}:cpu", f"--workdir={tmp_path / how}",
+                  f"--vectorize_seeds={how}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out[how] = res
+  assert "partition-iid+seed-0..2-seeds" in out["yes"].stdout
+  runs = [f"partition-{p}+seed-{s}" for p in ("iid", "a1") for s in (0, 1)]
+  assert statuses(tmp_path / "yes") == {name: "done" for name in runs}
+  for name in runs:
+    vec, alone = tmp_path / "yes" / name, tmp_path / "no" / name
+    assert (json.loads((vec / "config.json").read_text())
+            == json.loads((alone / "config.json").read_text()))
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (vec, alone))
+    assert a["heterogeneity"] == b["heterogeneity"] and a["vectorized_runs"] == 2
+    assert a["test"]["auc"] == pytest.approx(b["test"]["auc"], abs=1e-5)
