@@ -15,8 +15,10 @@ the vectorized round equals the R single rounds (max abs difference of the param
 **End to end** (``--end-to-end``): a small synthetic PneumoniaMNIST run (cnn_tiny, few
 rounds) for R seeds as (a) one ``launch/main.py --config.runs.seeds=R`` process, (b) R
 processes one after another, (c) R processes two at a time; wall seconds including
-imports, data, compiles (compilation cache off, so every process compiles), evaluation
-and checkpoints. This is what ``fedjax-med-sweep --vectorize_seeds`` decides between.
+imports, data, compiles, evaluation and checkpoints. Each variant gets its own empty
+compilation cache (on, as by default): the processes after the first load the compiled
+programs, as the runs of a sweep do. This is what ``fedjax-med-sweep
+--vectorize_seeds`` decides between.
 
 Last line: one JSON object; ``vectorized_vs_sequential`` is the round ratio.
 """
@@ -82,7 +84,7 @@ def _train_argv(workdir: str, data_root: str, rounds: int, extra: list[str]) -> 
           f"--config.data.root={data_root}", "--config.data.download=False",
           "--config.data.verify_md5=False", "--config.model.name=cnn_tiny",
           f"--config.fl.rounds={rounds}", "--config.eval.every=5", "--config.log.progress=none",
-          "--config.compile_cache=none", *extra]
+          *extra]
 
 
 def _wall(argvs: list[list[str]], jobs: int, env: dict) -> float:
@@ -109,10 +111,11 @@ def end_to_end(runs: int, rounds: int) -> dict:
     root = os.path.join(tmp, "data")
     synthetic.write_npz(os.path.join(root, "pneumoniamnist.npz"), name="pneumoniamnist",
                         n_train=2000, n_val=300, n_test=300)
+    cache = lambda tag: f"--config.compile_cache={os.path.join(tmp, 'cache_' + tag)}"  # noqa: E731
     vec = _wall([_train_argv(os.path.join(tmp, "vec"), root, rounds,
-                             [f"--config.runs.seeds={runs}"])], 1, env)
+                             [f"--config.runs.seeds={runs}", cache("vec")])], 1, env)
     singles = lambda tag: [_train_argv(os.path.join(tmp, f"{tag}{r}"), root, rounds,  # noqa: E731
-                                       [f"--config.seed={r}"]) for r in range(runs)]
+                                       [f"--config.seed={r}", cache(tag)]) for r in range(runs)]
     one_at_a_time = _wall(singles("a"), 1, env)
     two_at_a_time = _wall(singles("b"), 2, env)
   return {"runs": runs, "rounds": rounds, "vectorized_process_s": vec,

@@ -28,3 +28,8 @@ def test_padding_for_mesh_and_chunk():
   assert sharding.pad_multiple(10, mesh, e.client_chunk_size) == 10
   e = engine.choose(1100, backend="gpu", num_devices=1)
   assert sharding.pad_multiple(1100, mesh, e.client_chunk_size) == 1100
+
+
+def test_seeds_vectorize_on_accelerators_and_on_cpu_with_one_job():
+  assert engine.vectorize_seeds("gpu", 2) and engine.vectorize_seeds("tpu")
+  assert engine.vectorize_seeds("cpu", 1) and not engine.vectorize_seeds("cpu", 2)

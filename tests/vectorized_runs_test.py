@@ -112,3 +112,22 @@ def test_refused(data_root, tmp_path, overrides, match):
   with pytest.raises(errors.ConfigError, match=match):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "seed_0" / "config.json")
+
+
+def test_a_diverged_run_stops_and_the_others_finish(data_root, tmp_path, monkeypatch):
+  """Seed 1's model turns non-finite in round 3 (simulated at the check): it is not
+  evaluated or saved from then on, seed 0 finishes, and the batch ends with the error."""
+  config = train_test.small_config(data_root, **{"runs.seeds": 2})
+  real = train._log_round
+
+  def log_round(run, r, host_batch, m, finite, diag):
+    return real(run, r, host_batch, m, finite and not (run.exp.config.seed == 1 and r == 2),
+                diag)
+
+  monkeypatch.setattr(train, "_log_round", log_round)
+  with pytest.raises(errors.NonFiniteLossError, match=r"\[seed 1\] non-finite .* round 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert os.path.exists(tmp_path / "seed_0" / "summary.json")
+  assert not os.path.exists(tmp_path / "seed_1" / "summary.json")
+  assert checkpoint.Checkpointer(str(tmp_path / "seed_1" / "checkpoints")).latest_round() == 2
+  assert max(r["round"] for r in _log(tmp_path / "seed_1")) == 2

@@ -14,8 +14,9 @@ command line; ``fedjax-med-report --study=...`` then makes the report (in
 ``WORKDIR/report/``). ``--override`` adds ``--config.KEY=VALUE`` to every run after
 the grid's own (smoke tests in a scratch ``--workdir``). ``--vectorize_seeds``:
 runs that differ only in consecutive seeds train in one process, vectorized in one
-compiled round, each in its own workdir as before (``auto``: on a GPU, where it was
-measured faster; on CPU every run has its own process).
+compiled round, each in its own workdir as before (``auto``: where it was measured
+faster: on a GPU, and on CPU with ``--jobs=1``; with ``--jobs=2`` on 2 cores separate
+processes were faster).
 
 Exit codes: 0 all runs and post steps done, 1 some failed (the others still
 ran), 2 a bad study file or ``--override``.
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
   flag(p, "workdir", default="", help="default runs/studies/<name>/<preset>")
   flag(p, "vectorize_seeds", default="auto", choices=("auto", "yes", "no"),
        help="train runs that differ only in consecutive seeds in one process, vectorized "
-       "(auto: where measured faster, i.e. on a GPU; bench/many_runs.py)")
+       "(auto: where measured faster: on a GPU, or on CPU with --jobs=1; bench/many_runs.py)")
   flag(p, "override", action="append", default=[],
        help="KEY=VALUE for every run, after the grid's own (for smoke tests)")
   args = p.parse_args(argv)

@@ -14,8 +14,9 @@ commands say ``python`` and paths relative to the current directory.
 Seeds in one process (``vectorize_seeds``): runs that differ only in consecutive seeds
 can train together, vectorized in one compiled round (``--config.runs.seeds=R
 --run_workdirs=...``), each still writing its own workdir exactly as alone. ``auto``
-does so where it was measured faster (``engine.vectorize_seeds``: GPUs; on CPU
-separate processes, bench/many_runs.py).
+does so where it was measured faster (``engine.vectorize_seeds``: on GPUs; on CPU
+with one job at a time, while two processes at a time beat it on 2 cores;
+bench/many_runs.py).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
       manifest's ``invocations`` (each distinct command line once, in order).
     vectorize_seeds: ``yes``: runs that differ only in consecutive seeds train in one
       process, vectorized; ``no``: every run its own process; ``auto``: ``yes`` where
-      ``engine.vectorize_seeds`` says it is faster (the runs' backend).
+      ``engine.vectorize_seeds`` says it is faster (the runs' backend and ``jobs``).
 
   Returns:
     The manifest written to ``SWEEP/sweep.json``: the study, each run's name,
@@ -149,11 +150,13 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
       f"{len(todo)} to run, {jobs} at a time")
   if vectorize_seeds not in ("yes", "no", "auto"):
     raise ValueError(f"vectorize_seeds={vectorize_seeds!r}: choose yes, no or auto")
+  if vectorize_seeds == "auto" and all(len(g) == 1 for g in seed_groups(todo, extra)):
+    vectorize_seeds = "no"  # nothing to group: no need to ask for the backend
   if vectorize_seeds == "auto":
     from fedjax_med import engine
 
     kind = backend()
-    vectorize_seeds = "yes" if engine.vectorize_seeds(kind) else "no"
+    vectorize_seeds = "yes" if engine.vectorize_seeds(kind, jobs) else "no"
     how = "vectorized in one process" if vectorize_seeds == "yes" else "each in its own process"
     log(f"backend {kind}: seeds {how} (--vectorize_seeds=auto)")
   groups = seed_groups(todo, extra) if vectorize_seeds == "yes" else [[r] for r in todo]
