@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU check (lent NVIDIA H200): round speed at K up to 4096, ~5-8 min.
+# One prepared GPU check (lent NVIDIA H200): round speed at K up to 4096 and R runs
+# vectorized vs sequential (bench/many_runs.py), ~6-8 min.
 #
 #   bash bench/gpu.sh                 # from the repository root
 #
@@ -18,7 +19,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" - <<'EOF'
 import sys
 import jax, flax, optax, numpy
-import bench.round_speed  # the bench and every fedjax_med module it uses
+import bench.round_speed  # the benches and every fedjax_med module they use
+import bench.many_runs
 bad = [m for m in ("clu", "ml_collections") if m in sys.modules]
 print(f"jax {jax.__version__} ({jax.default_backend()}, {jax.devices()}), flax {flax.__version__}, "
       f"optax {optax.__version__}, numpy {numpy.__version__}")
@@ -33,6 +35,12 @@ EOF
 timeout 570 "$PY" bench/round_speed.py \
   --models cnn,resnet8_gn --ks 16,64,256,1024,4096 \
   --chunk auto --tune-k 1024 --chunk-candidates 128,256,512,1024 \
-  --loop-max-clients 256 --repeats 5 --budget-s 420 --skip-quickstart --large \
+  --loop-max-clients 256 --repeats 5 --budget-s 360 --skip-quickstart --large \
   "$@" 2>&1 | tee "$OUT_DIR/round_speed_gpu.txt"
 tail -n 1 "$OUT_DIR/round_speed_gpu.txt" > "$OUT_DIR/round_speed_gpu.json"
+
+# Many small runs on one GPU: 16 seeds of the CNN at K=64 in one vmapped round vs 16
+# rounds one after another (the round ratio; no --end-to-end: it needs ml_collections).
+timeout 100 "$PY" bench/many_runs.py --model cnn --runs 16 --k 64 --repeats 5 \
+  2>&1 | tee "$OUT_DIR/many_runs_gpu.txt" || true
+tail -n 1 "$OUT_DIR/many_runs_gpu.txt" > "$OUT_DIR/many_runs_gpu.json"

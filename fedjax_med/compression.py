@@ -133,27 +133,47 @@ def make(
   return COMPRESSORS[kind](bits, block, fraction, error_feedback)
 
 
-def compress_tree(
+def encode_tree(
   compressor: Compressor, tree: types.PyTree, key: jax.Array, residual: types.PyTree | None
-) -> tuple[types.PyTree, types.PyTree | None]:
-  """What the server receives for ``tree`` (decoded), and the new residual.
+) -> tuple[list, types.PyTree, types.PyTree | None]:
+  """``(payloads, sent, new_residual)``: every leaf's payload as it travels, what the
+  server decodes from them (shaped like ``tree``), and the new residual.
 
   With ``residual`` (error feedback) the client sends ``C(tree + residual)`` and
-  keeps ``tree + residual - sent``; without, it sends ``C(tree)``.
+  keeps ``tree + residual - sent``; without, it sends ``C(tree)`` (residual ``None``).
   """
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
   res_leaves = jax.tree.leaves(residual) if residual is not None else [None] * len(leaves)
-  sent, new_res = [], []
+  payloads, sent, new_res = [], [], []
   for leaf, k, r in zip(leaves, keys, res_leaves, strict=True):
     x = leaf.reshape(-1).astype(jnp.float32)
     if r is not None:
       x = x + r.reshape(-1)
-    x_hat = compressor.decode(compressor.encode(x, k), x.shape[0])
+    payload = compressor.encode(x, k)
+    x_hat = compressor.decode(payload, x.shape[0])
+    payloads.append(payload)
     sent.append(x_hat.reshape(leaf.shape).astype(leaf.dtype))
     new_res.append((x - x_hat).reshape(leaf.shape))
   sent = jax.tree.unflatten(treedef, sent)
-  return sent, (jax.tree.unflatten(treedef, new_res) if residual is not None else None)
+  return payloads, sent, (jax.tree.unflatten(treedef, new_res) if residual is not None else None)
+
+
+def compress_tree(
+  compressor: Compressor, tree: types.PyTree, key: jax.Array, residual: types.PyTree | None
+) -> tuple[types.PyTree, types.PyTree | None]:
+  """What the server receives for ``tree`` (decoded), and the new residual
+  (:func:`encode_tree` without the payloads)."""
+  _, sent, new_residual = encode_tree(compressor, tree, key, residual)
+  return sent, new_residual
+
+
+def decode_tree(compressor: Compressor, payloads: list, like: types.PyTree) -> types.PyTree:
+  """The tree that :func:`encode_tree`'s ``payloads`` stand for, shaped like ``like``."""
+  leaves, treedef = jax.tree.flatten(like)
+  out = [compressor.decode(p, math.prod(x.shape)).reshape(x.shape).astype(x.dtype)
+         for p, x in zip(payloads, leaves, strict=True)]
+  return jax.tree.unflatten(treedef, out)
 
 
 def upload_bits(compressor: Compressor | None, params: types.PyTree) -> int:

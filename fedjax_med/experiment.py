@@ -133,9 +133,57 @@ class Experiment(NamedTuple):
 
   def initial_state(self) -> types.ServerState:
     """The algorithm's state at round 0 (also the template to restore checkpoints into)."""
-    init_key, state_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
-    params = tasks.init_variables(self.model, init_key, self.dataset.image_shape)
-    return self.algorithm.init(params, state_key)
+    return initial_state(self.config.seed, self.model, self.algorithm, self.dataset.image_shape)
+
+
+def initial_state(seed: int, model, algorithm: types.FederatedAlgorithm,
+                  image_shape: tuple[int, ...]) -> types.ServerState:
+  """Round 0's state of a run of ``seed``: the model initialized and the algorithm's state
+  keyed from ``PRNGKey(seed)`` (the simulation and a deployed server build the same one)."""
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = tasks.init_variables(model, init_key, image_shape)
+  return algorithm.init(params, state_key)
+
+
+def make_engine(config: ml_collections.ConfigDict) -> engine.Engine:
+  """The execution engine (client chunk, conv lowering, unroll) the config resolves to."""
+  fl = config.fl
+  return engine.choose(fl.clients_per_round, client_chunk_size=fl.client_chunk_size,
+                       conv_impl=config.model.conv_impl, local_unroll=fl.local_unroll)
+
+
+def make_plan(config: ml_collections.ConfigDict, eng: engine.Engine, *, privacy_plan=None,
+              attack: algorithms.attacks.Attack | None = None) -> algorithms.RoundPlan:
+  """The ``RoundPlan`` of ``config``: aggregator, compression, client lr schedule, and the
+  privacy mechanism and attack given (the simulation's and a deployed round's)."""
+  fl = config.fl
+  compressor = make_compressor(config)
+  aggregator = algorithms.aggregators.get(
+      config.aggregator.name,
+      **{k: config.aggregator[k] for k in algorithms.aggregators.PARAMS[config.aggregator.name]})
+  level = privacy_plan.level if privacy_plan is not None else None
+  return algorithms.RoundPlan(
+      aggregator=aggregator, num_clients=fl.num_clients, chunk_size=eng.client_chunk_size,
+      unroll=eng.local_unroll,
+      compressor=compressor, error_feedback=bool(config.comm.error_feedback and compressor),
+      client_lr_scale=optimizers.client_lr_scale(
+          fl.rounds, fl.client_warmup_rounds, fl.client_lr_schedule, fl.client_lr_min_ratio),
+      record_dp=privacy_plan.mechanism if level == "record" else None,
+      client_dp=privacy_plan.mechanism if level == "client" else None,
+      attack=attack,
+  )
+
+
+def client_bits(config: ml_collections.ConfigDict, shapes) -> tuple[int, int]:
+  """``(up, down)``: the bits one sampled client uploads (its compressed update and the
+  algorithm's extra uploads) and downloads (the model) in a round, exact from ``shapes``
+  (the model's variables); ``(0, 0)`` for an algorithm that sends nothing."""
+  entry = registry.get(config.algorithm.name)
+  if not entry.communicates:
+    return 0, 0
+  up = compression.upload_bits(make_compressor(config), shapes)
+  up += entry.extra_uploads * compression.upload_bits(None, shapes)
+  return up, compression.model_bits(shapes)
 
 
 def make_partition(config: ml_collections.ConfigDict, labels: np.ndarray) -> partition.Partition:
@@ -232,12 +280,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   if not federated:  # the baseline pools every site's training share into one "client"
     train_part = partition.Partition.from_lists([sites.train.indices])
   fl = config.fl
-  eng = engine.choose(fl.clients_per_round, client_chunk_size=fl.client_chunk_size,
-                      conv_impl=config.model.conv_impl, local_unroll=fl.local_unroll)
+  eng = make_engine(config)
   model = models.get_model(config.model.name, ds.num_classes, conv_impl=eng.conv_impl,
                            norm=config.model.norm)
   loss_fn = tasks.make_loss_fn(model, augment=config.data.augment, multi_label=ds.multi_label)
-  compressor = make_compressor(config)
   local_steps = fl.local_steps
   if fl.local_epochs > 0:  # S fixed for the run (compile once); small clients pad
     local_steps = batching.epoch_steps(train_part.sizes, fl.batch_size, fl.local_epochs)
@@ -247,25 +293,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     from fedjax_med.privacy import plan as privacy_plan_lib  # the optional extra
 
     privacy_plan = privacy_plan_lib.make(config, train_part, local_steps)
-  aggregator = algorithms.aggregators.get(
-      config.aggregator.name,
-      **{k: config.aggregator[k] for k in algorithms.aggregators.PARAMS[config.aggregator.name]})
   attack = algorithms.attacks.make(config.attack.kind, fl.num_clients, config.attack.fraction,
                                    config.seed, config.attack.scale, ds.num_classes,
                                    multi_label=ds.multi_label)
   if attack is not None:
     log.info("attack %s (scale %g): malicious clients %s", attack.kind, attack.scale,
              list(attack.malicious))
-  plan = algorithms.RoundPlan(
-      aggregator=aggregator, num_clients=fl.num_clients, chunk_size=eng.client_chunk_size,
-      unroll=eng.local_unroll,
-      compressor=compressor, error_feedback=bool(config.comm.error_feedback and compressor),
-      client_lr_scale=optimizers.client_lr_scale(
-          fl.rounds, fl.client_warmup_rounds, fl.client_lr_schedule, fl.client_lr_min_ratio),
-      record_dp=privacy_plan.mechanism if privacy_plan and privacy_plan.level == "record" else None,
-      client_dp=privacy_plan.mechanism if privacy_plan and privacy_plan.level == "client" else None,
-      attack=attack,
-  )
+  plan = make_plan(config, eng, privacy_plan=privacy_plan, attack=attack)
   image_bytes = int(np.prod(ds.image_shape)) * ds.train.images.dtype.itemsize
   step_slots = privacy_plan.capacity if privacy_plan and privacy_plan.level == "record" else (
       fl.batch_size)
@@ -284,13 +318,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   # sampled client downloads the model and uploads its (compressed) update.
   shapes = jax.eval_shape(functools.partial(tasks.init_variables, model,
                                             image_shape=ds.image_shape), jax.random.PRNGKey(0))
-  up = down = 0
-  entry = registry.get(config.algorithm.name)
-  if entry.communicates:
-    per_client = compression.upload_bits(compressor, shapes)
-    per_client += entry.extra_uploads * compression.upload_bits(None, shapes)
-    up = fl.clients_per_round * per_client // 8
-    down = fl.clients_per_round * compression.model_bits(shapes) // 8
+  up, down = (fl.clients_per_round * b // 8 for b in client_bits(config, shapes))
   if privacy_plan is not None and privacy_plan.level == "record" and "batch_stats" in shapes:
     raise errors.ConfigError(
         f"invalid --config.model.name={config.model.name!r} with --config.privacy.level=record: "
@@ -300,7 +328,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   # it further to a multiple of the devices and the chunk).
   # (a model-poisoning attack stacks them under the mean too)
   stacked_bytes = algorithms.aggregators.stacked_delta_bytes(
-      algorithms.aggregators.stacked_mean() if attack and attack.poisons_updates else aggregator,
+      algorithms.aggregators.stacked_mean() if attack and attack.poisons_updates
+      else plan.aggregator,
       round_clients, shapes)
   exp = Experiment(config, ds, train_part, sites, eng, model, loss_fn, plan,
                    make_algorithm(config, loss_fn, plan), federated, local_steps, evaluator,

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from bench import algorithm_speed, cohort, round_speed, workload, zoo
+from bench import algorithm_speed, cohort, many_runs, round_speed, workload, zoo
 from tests.testing import unoptimized_compiles
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPTS = ("round_speed.py", "algorithm_speed.py", "zoo.py", "analysis_speed.py",
-            "privacy_speed.py", "aggregator_speed.py")
+            "privacy_speed.py", "aggregator_speed.py", "many_runs.py")
 
 
 def _last_json(capsys) -> dict:
@@ -104,6 +104,16 @@ def test_round_batch_of_volumes():
   assert batch.image.shape == (3, 2, 4, 6, 5, 4, 1) and batch.image.dtype == np.uint8
   assert batch.label.shape == (3, 2, 4) and set(np.unique(batch.label)) <= {0, 1}
   assert workload.make_round_batch(1, 1, 2).image.shape == (1, 1, 2, *workload.IMAGE_SHAPE)
+
+
+def test_many_runs_quick_checks_the_vectorized_round_equals_the_single_ones(capsys,
+                                                                            fast_compile):
+  many_runs.main(["--quick", "--runs=2"])
+  out = _last_json(capsys)
+  r = out["round"]
+  assert r["runs"] == 2 and r["sequential_s"] > 0 and r["vectorized_s"] > 0
+  assert out["vectorized_vs_sequential"] > 0
+  assert r["max_abs_param_diff"] < 1e-5
 
 
 @pytest.mark.parametrize("script", _SCRIPTS)

@@ -292,28 +292,69 @@ def federated_round(
     else:
       mean = agg.aggregate(res.deltas, res.weight)
     aggregated = Aggregate(mean, change_sum, res._replace(deltas=None), res.weight)
-    if server_fn is None:
-      pseudo_grad, server = mean, state.server
-    else:
-      pseudo_grad, server = server_fn(shared, aggregated)
-    params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
-    # A round without any real client that reported (all padding, dropped out or failed)
-    # changes nothing but the round counter: without this, a server optimizer with
-    # momentum would still move.
     # Not under client-level DP: there an empty Poisson cohort still releases noise (an
     # unchanged model would tell that nobody took part, which DP must not reveal).
-    any_real = res.weight_sum > 0
-    if dp is None:
-      params, opt_state, server = jax.tree.map(
-        lambda new, old: jnp.where(any_real, new, old),
-        (params, opt_state, server),
-        (state.params, state.opt_state, state.server),
-      )
+    params, opt_state, server, pseudo_grad = server_step(
+      server_optimizer, server_fn, shared, aggregated, hold_if_empty=dp is None)
     new_state = types.ServerState(params, opt_state, state.round + 1, state.rng, server, store,
                                   privacy)
     return new_state, round_metrics(res, pseudo_grad)._replace(privacy=privacy_metrics)
 
+  # The parts, for runtimes that split the round across machines (fedjax_med.deploy).
+  round_fn.parts = RoundParts(client_fn, server_optimizer, plan, server_fn, uniform)
   return round_fn
+
+
+def server_step(server_optimizer: optax.GradientTransformation, server_fn: ServerFn | None,
+                state: types.ServerState, aggregated: Aggregate, *, hold_if_empty: bool = True):
+  """The server's side of a round once the clients' results are aggregated: ``server_fn``
+  (default: the aggregate is the pseudo-gradient) and the server optimizer.
+
+  With ``hold_if_empty``, a round without any real client that reported (all padding,
+  dropped out or failed) changes nothing: without it a server optimizer with momentum
+  would still move. Returns ``(params, opt_state, server extras, pseudo_grad)``.
+  """
+  if server_fn is None:
+    pseudo_grad, server = aggregated.pseudo_grad, state.server
+  else:
+    pseudo_grad, server = server_fn(state, aggregated)
+  params, opt_state = server_update(server_optimizer, state.params, state.opt_state, pseudo_grad)
+  if hold_if_empty:
+    any_real = aggregated.clients.weight_sum > 0
+    params, opt_state, server = jax.tree.map(
+      lambda new, old: jnp.where(any_real, new, old),
+      (params, opt_state, server),
+      (state.params, state.opt_state, state.server),
+    )
+  return params, opt_state, server, pseudo_grad
+
+
+class RoundParts(NamedTuple):
+  """What ``federated_round`` was built from: the two halves of a round.
+
+  A runtime that runs every client on its own machine (``fedjax_med.deploy``) runs
+  ``client_fn`` at the sites and the aggregation, ``server_fn`` and the server optimizer
+  at the server, with the same semantics as the one-jit round.
+  """
+
+  client_fn: ClientFn
+  server_optimizer: optax.GradientTransformation
+  plan: RoundPlan
+  server_fn: ServerFn | None
+  uniform: bool
+
+
+def round_parts(algorithm: types.FederatedAlgorithm) -> RoundParts:
+  """The :class:`RoundParts` of an algorithm built on ``federated_round``.
+
+  Raises:
+    ValueError: ``algorithm.round`` was not made by ``federated_round`` (e.g. the
+      centralized baseline, or a wrapper such as SWA).
+  """
+  parts = getattr(algorithm.round, "parts", None)
+  if parts is None:
+    raise ValueError("this algorithm's round is not a federated_round (no client/server split)")
+  return parts
 
 
 def stateless(
