@@ -52,7 +52,7 @@ def simulated_round_s(config_path: str, repeats: int = 3) -> float:
   state = sharding.replicate(exp.initial_state(), mesh)
   pad = sharding.pad_multiple(exp.round_clients, mesh, exp.engine.client_chunk_size)
   batch = sharding.shard_clients(exp.make_batch(0, pad), mesh)
-  round_fn = sharding.jit_round(exp.algorithm.round, mesh)
+  round_fn = sharding.jit_round(exp.algorithm.round, mesh, donate=False)  # called again
   jax.block_until_ready(round_fn(state, batch))
   times = []
   for _ in range(repeats):
