@@ -182,6 +182,23 @@ class Checkpointer:
         f"no valid checkpoint in {self.directory} (of {len(steps)}); rerun with --fresh to "
         "start over")
 
+  def complete_steps(self) -> list[int]:
+    """The steps whose save finished (their checksum is recorded), oldest first; a newest
+    step without one (a save cut short) is discarded first, as :meth:`restore` does."""
+    steps = sorted(self._manager.all_steps())
+    sums = self._checksums()
+    if steps and str(steps[-1]) not in sums:
+      log.warning("discarding checkpoint %d: its save was interrupted before its checksum "
+                  "was written", steps[-1])
+      self._discard(steps.pop())
+    return [s for s in steps if str(s) in sums]
+
+  def discard_after(self, step: int) -> None:
+    """Deletes every step after ``step`` (so that the run saves those rounds again)."""
+    for s in sorted(self._manager.all_steps()):
+      if s > step:
+        self._discard(s)
+
   def _discard(self, step: int) -> None:
     """Deletes an invalid step so that the run saves that round again."""
     try:

@@ -62,13 +62,20 @@ def setup(value: str) -> str | None:
   JAX's cache object, so a later compile uses the new folder. Returns the folder
   (``None`` = off).
 
-  Raises:
-    OSError: the folder cannot be created.
+  A folder that cannot be created or written (a read-only home) turns the cache off with
+  a warning: the run goes on, compiling every program.
   """
   path = resolve(value)
   current = jax.config.jax_compilation_cache_dir
   if path is not None:
-    os.makedirs(path, exist_ok=True)
+    try:
+      os.makedirs(path, exist_ok=True)
+      if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path} is not writable")
+    except OSError as e:
+      log.warning("compilation cache off: cannot use %s (%s); set --config.compile_cache to a "
+                  "writable folder", path, e)
+      path = None
   if path != current:
     jax.config.update("jax_compilation_cache_dir", path)
     from jax.experimental.compilation_cache import compilation_cache

@@ -127,6 +127,11 @@ def _check_vectorizable(exps: list[experiment.Experiment]) -> None:
       raise config_lib.ConfigError(
           f"runs vectorized together must differ only in seed; they differ in {diff[:5]}. "
           "Train them as separate runs.")
+  if exps[0].privacy is not None:
+    raise config_lib.ConfigError(
+        "invalid --config.runs.seeds with --config.privacy.level: the noise calibration and "
+        "the DP batch shapes depend on each seed's partition; run the seeds as separate runs "
+        "(runs.seeds=1)")
   if exps[0].plan.attack is not None:
     raise config_lib.ConfigError(
         "invalid --config.runs.seeds with --config.attack.kind: the malicious clients are "
@@ -214,26 +219,31 @@ def _stack(trees: list):
 def _restore(runs: list[_Run], state, stacked: bool):
   """Restores every run from its newest checkpoint, at the newest round all runs have.
 
-  Runs of one batch are saved one after another: a kill between two saves leaves some a
-  checkpoint behind; they all resume from the older round (it is deterministic)."""
-  latest = [run.ckpt.latest_round() for run in runs]
-  if all(x is None for x in latest):
-    return state
+  Runs of one batch are saved one after another: a kill between two saves leaves some
+  runs a checkpoint ahead (or with a save cut short). All resume from the newest round
+  every run has completely saved; later steps are deleted and saved again (the rounds
+  are deterministic)."""
   if not stacked:
+    if runs[0].ckpt.latest_round() is None:
+      return state
     state = runs[0].ckpt.restore(state)
     log.info("resumed from %s at round %d", runs[0].ckpt.directory, int(state.round))
     return state
-  common = min(x or 0 for x in latest)
+  complete = [set(run.ckpt.complete_steps()) for run in runs]
+  shared = set.intersection(*complete)
+  common = max(shared) if shared else 0
+  if not any(complete):
+    return state
   restored = []
   for r, run in enumerate(runs):
+    run.ckpt.discard_after(common)
     template = _view(state, r)
-    if common == 0:
-      restored.append(template)
-      continue
-    restored.append(run.ckpt.restore(template, step=None if latest[r] == common else common))
-  out = _stack(restored)
-  log.info("resumed %d vectorized runs at round %d", len(runs), int(out.round[0]))
-  return out
+    restored.append(template if common == 0 else run.ckpt.restore(template, step=common))
+  rounds = {int(jax.device_get(x.round)) for x in restored}
+  if len(rounds) != 1:  # cannot happen: every run restored step `common`
+    raise checkpoint.CheckpointError(f"vectorized runs restored at different rounds {rounds}")
+  log.info("resumed %d vectorized runs at round %d", len(runs), common)
+  return _stack(restored)
 
 
 def _train(exps: list[experiment.Experiment], workdirs: list[str], t_start: float,

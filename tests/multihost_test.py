@@ -60,20 +60,27 @@ def _launch(config, workdir, processes: int, devices: int, kill_at: str | None =
   if processes > 1:
     command += [f"--coordinator_address=127.0.0.1:{_free_port()}",
                 f"--num_processes={processes}"]
-  procs = []
+  procs, logs = [], []
   try:
     for i in range(processes):
       extra = [f"--process_id={i}"] if processes > 1 else []
+      logs.append(open(f"{workdir}.{i}.{len(os.listdir(os.path.dirname(workdir)))}.log", "w+"))
       procs.append(subprocess.Popen(command + extra, cwd=REPO, env=env, text=True,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=logs[-1],
                                     start_new_session=True))
-    return [(p.wait(timeout=TIMEOUT_S), p.stderr.read()) for p in procs]
+    codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+    out = []
+    for code, f in zip(codes, logs, strict=True):
+      f.seek(0)
+      out.append((code, f.read()))
+    return out
   finally:
     for p in procs:
       if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-      p.stderr.close()
+    for f in logs:
+      f.close()
 
 
 def _log(workdir) -> list[dict]:

@@ -83,29 +83,41 @@ def test_a_killed_batch_resumes_exactly(data_root, tmp_path, monkeypatch):
     assert _log(tmp_path / "full" / seed) == _log(tmp_path / "resumed" / seed)
 
 
-def test_runs_a_kill_left_at_different_rounds_resume_from_the_older(data_root, tmp_path):
+@pytest.mark.parametrize("torn", [False, True])
+def test_runs_a_kill_left_at_different_rounds_resume_from_the_older(data_root, tmp_path, torn):
   """Runs of a batch are saved one after another: a kill between two saves leaves run 0 a
-  checkpoint ahead. The batch resumes from the round both have and ends as uninterrupted."""
+  checkpoint ahead (``torn``: its step 4 written but not its checksum, a kill inside its
+  save). The batch resumes from the round both have and ends as uninterrupted."""
   config = train_test.small_config(data_root, **{"runs.seeds": 2})
   full = train.train_and_evaluate(config, str(tmp_path / "full"))
   work = tmp_path / "cut"
   train.train_and_evaluate(config, str(work))
-  # Undo run 1's last save and summary: as if the kill came between the two runs' saves.
   ckpt = checkpoint.Checkpointer(str(work / "seed_1" / "checkpoints"))
   assert ckpt.latest_round() == 4
   ckpt._discard(4)
+  if torn:
+    sums_path = work / "seed_0" / "checkpoints" / checkpoint.CHECKSUMS
+    sums = json.loads(sums_path.read_text())
+    del sums["4"]
+    sums_path.write_text(json.dumps(sums))
   os.remove(work / "seed_1" / "summary.json")
   os.remove(work / "seed_0" / "summary.json")
-  resumed = train.train_and_evaluate(config, str(work))
-  chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
-  for seed in ("seed_0", "seed_1"):
-    assert _log(tmp_path / "full" / seed) == _log(work / seed)
+  for _ in range(2):  # resumed, then resumed once more: nothing left behind to trip over
+    resumed = train.train_and_evaluate(config, str(work))
+    chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
+    for seed in ("seed_0", "seed_1"):
+      assert _log(tmp_path / "full" / seed) == _log(work / seed)
+      assert _summary(work / seed)["rounds_completed"] == 4
+      ckpt = checkpoint.Checkpointer(str(work / seed / "checkpoints"))
+      assert ckpt.complete_steps() == [2, 4]
 
 
 @pytest.mark.parametrize("overrides,match", [
     ({"runs.seeds": 0}, "runs.seeds"),
     ({"runs.seeds": 2, "attack.kind": "sign_flip", "attack.fraction": 0.2},
      "malicious clients are chosen per seed"),
+    ({"runs.seeds": 2, "privacy.level": "record", "privacy.noise_multiplier": 1.0},
+     "noise calibration"),
 ])
 def test_refused(data_root, tmp_path, overrides, match):
   config = train_test.small_config(data_root, **overrides)

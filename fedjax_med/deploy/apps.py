@@ -97,7 +97,15 @@ def _connect(grid: Grid, fed: federation.Federation, min_sites: int, timeout: fl
         log.warning("node %s refused: %s", node, reply.error.reason)
         continue
       site = reply.content["site"]
-      sites[int(site["client-id"])] = (node, int(site["num-examples"]))
+      cid = int(site["client-id"])
+      if cid in sites:  # two sites started with one --client_id: keep the first
+        log.warning("node %s also says it is client %d (node %s was first); ignored", node,
+                    cid, sites[cid][0])
+        continue
+      sites[cid] = (node, int(site["num-examples"]))
+  if len(sites) < min_sites:
+    log.warning("only %d of %d sites connected within %.0f s (clients %s); going on with them",
+                len(sites), min_sites, timeout, sorted(sites))
   return sites
 
 

@@ -80,8 +80,11 @@ def seed_groups(runs: Sequence[Run], extra: Mapping | None = None) -> list[list[
 
 def backend() -> str:
   """The JAX backend runs get, asked of a child process (this one must not take the GPU)."""
-  out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
-                       capture_output=True, text=True, env=child_env(), timeout=300)
+  try:
+    out = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                         capture_output=True, text=True, env=child_env(), timeout=300)
+  except subprocess.TimeoutExpired:
+    return "cpu"
   return out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout else "cpu"
 
 
@@ -167,17 +170,49 @@ def run_all(study: Study, sweep_dir: str, *, jobs: int = 1, dry_run: bool = Fals
   argvs = {g[0].name if len(g) == 1 else f"{g[0].name}..{len(g)}-seeds":
            group_command(study, g, sweep_dir, extra) for g in groups}
   members = {name: g for name, g in zip(argvs, groups, strict=True)}
+  together: dict[str, str] = {}  # run name -> the command that trained it with its seeds
+  alone = []
   for name, result in _run_processes(argvs, sweep_dir, jobs, log).items():
-    status.update({r.name: result for r in members[name]})
+    group = members[name]
+    if len(group) == 1:
+      status[group[0].name] = result
+      continue
+    _share_log(sweep_dir, name, group)
+    if result == "failed: exit 2":  # refused together (e.g. attack, DP): each on its own
+      log(f"{name}: the seeds cannot train vectorized; running them one by one")
+      alone += group
+      continue
+    for r in group:  # one seed may have diverged while the others finished
+      status[r.name] = result if not is_complete(sweep_dir, r) else "done"
+      together[r.name] = shell(argvs[name])
+  if alone:
+    status.update(_run_processes({r.name: command(study, r, sweep_dir, extra) for r in alone},
+                                 sweep_dir, jobs, log))
   for p in study.post:
     status["post:" + p.name] = _run_post(p, sweep_dir, log)
   manifest = _manifest(study, runs, sweep_dir, extra, status)
+  for entry in manifest["runs"]:
+    if entry["name"] in together:  # "command" alone regenerates it (to float tolerance)
+      entry["trained_with"] = together[entry["name"]]
   manifest["invocations"] = _invocations(sweep_dir, invocation)
   tmp = os.path.join(sweep_dir, "sweep.json.tmp")
   with open(tmp, "w") as f:
     json.dump(manifest, f, indent=1)
   os.replace(tmp, os.path.join(sweep_dir, "sweep.json"))
   return manifest
+
+
+def _share_log(sweep_dir: str, group_name: str, group: Sequence[Run]) -> None:
+  """Copies a seed group's log to each member's ``logs/<run>.log`` (where the report
+  looks for a run's error)."""
+  src = os.path.join(sweep_dir, "logs", group_name + ".log")
+  if not os.path.exists(src):
+    return
+  with open(src, errors="replace") as f:
+    text = f.read()
+  for r in group:
+    with open(os.path.join(sweep_dir, "logs", r.name + ".log"), "a") as f:
+      f.write(f"(trained with its seeds in one process: logs/{group_name}.log)\n{text}")
 
 
 def _run_processes(argvs: Mapping[str, list[str]], sweep_dir: str, jobs: int, log) -> dict:

@@ -450,3 +450,13 @@ def test_vectorized_seeds_write_the_runs_separate_processes_write(study_file, tm
     a, b = (json.loads((d / "summary.json").read_text()) for d in (vec, alone))
     assert a["heterogeneity"] == b["heterogeneity"] and a["vectorized_runs"] == 2
     assert a["test"]["auc"] == pytest.approx(b["test"]["auc"], abs=1e-5)
+    assert (tmp_path / "yes" / "logs" / f"{name}.log").exists()  # the report reads it
+  manifest = json.loads((tmp_path / "yes" / "sweep.json").read_text())
+  assert all("--config.runs.seeds=2" in r["trained_with"] for r in manifest["runs"])
+  # Seeds the trainer refuses to vectorize (an attack) run one by one instead.
+  res = run_cli(f"--study={two_seeds}:cpu", f"--workdir={tmp_path / 'attacked'}",
+                "--vectorize_seeds=yes", "--only=iid", "--override=attack.kind=sign_flip",
+                "--override=attack.fraction=0.5")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "cannot train vectorized; running them one by one" in res.stdout
+  assert statuses(tmp_path / "attacked") == {f"partition-iid+seed-{s}": "done" for s in (0, 1)}
