@@ -44,6 +44,20 @@ def reachable(address: str, timeout: float = 5.0) -> bool:
       time.sleep(0.2)
 
 
+def check_superlink(superlink: str, *, insecure: bool, root_certificates: str | None) -> None:
+  """Raises ``ConfigError`` unless TLS is set up (or ``insecure``), ``superlink`` is
+  ``host:port`` and the SuperLink answers there (within 10 s)."""
+  from fedjax_med import errors
+
+  if not insecure and not root_certificates:
+    raise errors.ConfigError("give --root_certificates=<CA of the SuperLink> (TLS) or "
+                             "--insecure (loopback tests only)")
+  split_address(superlink)
+  if not reachable(superlink, timeout=10.0):
+    raise errors.ConfigError(f"the SuperLink at {superlink} does not answer (is "
+                             "flower-superlink running? check --superlink and the firewall)")
+
+
 def free_port() -> int:
   """A TCP port free on 127.0.0.1 now."""
   with socket.socket() as s:

@@ -45,15 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     fed = federation.build(federation.load_config(args.config, overrides))
     if os.path.exists(os.path.join(workdir, "summary.json")):
       raise errors.ConfigError(f"--workdir={args.workdir} holds a finished run; choose another")
-    if not args.insecure and not args.root_certificates:
-      raise errors.ConfigError("give --root_certificates=<CA of the SuperLink> (TLS) or "
-                               "--insecure (loopback tests only)")
-    launch.split_address(args.superlink)
+    launch.check_superlink(args.superlink, insecure=args.insecure,
+                           root_certificates=args.root_certificates)
   except (errors.UserError, ValueError) as e:
     fail(str(e).splitlines()[0])
-  if not launch.reachable(args.superlink, timeout=10.0):
-    fail(f"the SuperLink at {args.superlink} does not answer (start flower-superlink first; "
-         "check --superlink)")
   config_file = (os.path.abspath(args.config) if os.path.exists(args.config) else args.config)
   run_config = {"config-file": config_file, "config-overrides": apps.encode_blob(overrides),
                 "workdir": workdir,

@@ -44,15 +44,10 @@ def main(argv: list[str] | None = None) -> int:
       raise errors.ConfigError(f"--client_id={args.client_id} must be in [0, "
                                f"{fed.config.fl.num_clients}) (fl.num_clients)")
     sitedata.load_site(args.data, fed.config.data.name, fed.config.data.size)
-    if not args.insecure and not args.root_certificates:
-      raise errors.ConfigError("give --root_certificates=<CA of the SuperLink> (TLS) or "
-                               "--insecure (loopback tests only)")
-    launch.split_address(args.superlink)
+    launch.check_superlink(args.superlink, insecure=args.insecure,
+                           root_certificates=args.root_certificates)
   except (errors.UserError, ValueError) as e:
     fail(str(e).splitlines()[0])
-  if not launch.reachable(args.superlink, timeout=10.0):
-    fail(f"the SuperLink at {args.superlink} does not answer (is it running? check "
-         "--superlink and the firewall)")
   with tempfile.TemporaryDirectory(prefix="fedjax_site_") as tmp:
     status = os.path.join(tmp, "refused")
     blob = apps.encode_blob({"config": os.path.abspath(args.config)
