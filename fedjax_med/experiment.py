@@ -99,12 +99,7 @@ class Experiment(NamedTuple):
 
   def sampled_ids(self, round_idx: int) -> np.ndarray:
     """The clients sampled in round ``round_idx`` (the draw ``make_batch`` makes)."""
-    c, dp = self.config, self.privacy
-    num_clients = self.partition.num_clients
-    if dp is not None and dp.level == "client":
-      return batching.sample_clients_cyclic_poisson(num_clients, dp.sampling_prob, dp.bands,
-                                                    c.seed, round_idx)
-    return batching.sample_clients(num_clients, c.fl.clients_per_round, c.seed, round_idx)
+    return sample_clients(self.config, self.privacy, self.partition.num_clients, round_idx)
 
   def participants(self, rounds: int) -> np.ndarray:
     """[num_sites] bool: the sites that trained in one of the first ``rounds`` rounds (sampled
@@ -134,6 +129,19 @@ class Experiment(NamedTuple):
   def initial_state(self) -> types.ServerState:
     """The algorithm's state at round 0 (also the template to restore checkpoints into)."""
     return initial_state(self.config.seed, self.model, self.algorithm, self.dataset.image_shape)
+
+
+def sample_clients(config: ml_collections.ConfigDict, privacy_plan, num_clients: int,
+                   round_idx: int) -> np.ndarray:
+  """Round ``round_idx``'s sampled client ids, sorted: ``fl.clients_per_round`` of them, or
+  under client-level DP (``privacy_plan``) a cyclic Poisson sample (the simulation's draw
+  and a deployed server's)."""
+  dp = privacy_plan
+  if dp is not None and dp.level == "client":
+    return batching.sample_clients_cyclic_poisson(num_clients, dp.sampling_prob, dp.bands,
+                                                  config.seed, round_idx)
+  return batching.sample_clients(num_clients, config.fl.clients_per_round, config.seed,
+                                 round_idx)
 
 
 def initial_state(seed: int, model, algorithm: types.FederatedAlgorithm,

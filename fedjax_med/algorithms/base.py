@@ -279,12 +279,8 @@ def federated_round(
       store = client_store.scatter(store, clients.client_id, new_rows, kept)
     privacy, privacy_metrics = state.privacy, None
     if dp is not None:  # the clipped sum, noised, over the expected number of clients
-      dp_fedavg = _client_dp()
-      key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), dp_fedavg.NOISE_STREAM)
-      released = dp_fedavg.release(dp, state.privacy, res.delta_sum, res.update_norm, kept, key)
-      mean, privacy = released.pseudo_grad, released.state
-      privacy_metrics = {"clip_norm": state.privacy.clip_norm,
-                         "unclipped_fraction": released.unclipped_fraction}
+      mean, privacy, privacy_metrics = client_dp_release(dp, state, res.delta_sum,
+                                                         res.update_norm, kept)
     elif agg.streaming and poisons_updates:  # the same weighted mean, from the stack
       mean = aggregate.weighted_mean(res.deltas, res.weight)
     elif agg.streaming:
@@ -303,6 +299,19 @@ def federated_round(
   # The parts, for runtimes that split the round across machines (fedjax_med.deploy).
   round_fn.parts = RoundParts(client_fn, server_optimizer, plan, server_fn, uniform)
   return round_fn
+
+
+def client_dp_release(dp: dp_fedavg.ClientDP, state: types.ServerState, clipped_sum: PyTree,
+                      update_norm: types.Array, kept: types.Array):
+  """DP-FedAvg's release of this round (the server's noise key of ``state.round``):
+  ``(pseudo_grad, new privacy state, privacy metrics)`` from the sum of the kept clients'
+  clipped deltas and their norms before clipping (``dp_fedavg.release``)."""
+  dp_fedavg = _client_dp()
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.round), dp_fedavg.NOISE_STREAM)
+  released = dp_fedavg.release(dp, state.privacy, clipped_sum, update_norm, kept, key)
+  metrics = {"clip_norm": state.privacy.clip_norm,
+             "unclipped_fraction": released.unclipped_fraction}
+  return released.pseudo_grad, released.state, metrics
 
 
 def server_step(server_optimizer: optax.GradientTransformation, server_fn: ServerFn | None,

@@ -130,9 +130,11 @@ def server_main(grid: Grid, context: Context) -> None:
   lost: set[int] = set()
   up_total = down_total = 0
   round_s = []
-  for r in range(fl.rounds):
+  # The last round: fl.rounds, or earlier where the next would pass privacy.max_epsilon.
+  end = fl.rounds if fed.privacy is None else fed.privacy.last_round
+  for r in range(end):
     t_round = time.time()
-    who = federation.round_clients(config, r)
+    who = federation.round_clients(fed, r)
     params_rec = _records(rounds.to_arrays(state.params))
     server_rec = _records(rounds.to_arrays(state.server)) if state.server is not None else None
     msgs, slot_of = [], {}
@@ -143,7 +145,9 @@ def server_main(grid: Grid, context: Context) -> None:
       key = federation.round_key(state, c)
       content = RecordDict({"params": params_rec, "round": ConfigRecord({
           "round": r, "key": [int(k) for k in key],
-          "straggler-steps": int(fl.straggler_steps) if who.stragglers[c] else -1})})
+          "straggler-steps": int(fl.straggler_steps) if who.stragglers[c] else -1,
+          # client-level DP: the round's clip norm (adaptive clipping moves it)
+          "clip-norm": -1.0 if state.privacy is None else float(state.privacy.clip_norm)})})
       if server_rec is not None:
         content["server"] = server_rec
       msgs.append(Message(content, sites[cid][0], "train", group_id=str(r)))
@@ -159,6 +163,7 @@ def server_main(grid: Grid, context: Context) -> None:
         lost.add(cid)  # no answer in time: dropped now, not asked again
     num = len(who.client_ids)
     deltas, changes, weight, loss, steps = [], [], np.zeros(num, np.float32), [], []
+    norms = np.zeros(num, np.float32)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     for c in range(num):
       reply = replies.get(c)
@@ -174,6 +179,7 @@ def server_main(grid: Grid, context: Context) -> None:
           change = rounds.from_arrays(state.params, _numpy(reply.content["change"]))
         m = reply.content["metrics"]
         weight[c] = float(m["weight"])
+        norms[c] = float(m["norm"])
         loss_c = jnp.full(fed.local_steps, float(m["loss-sum"]) / fed.local_steps)
         steps_c = jnp.asarray(int(m["steps"]), jnp.int32)
       deltas.append(delta)
@@ -182,7 +188,7 @@ def server_main(grid: Grid, context: Context) -> None:
       steps.append(steps_c)
     stack = lambda xs: None if xs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
     replies_t = rounds.Replies(stack(deltas), stack(changes), jnp.asarray(weight),
-                               jnp.stack(loss), jnp.stack(steps))
+                               jnp.stack(loss), jnp.stack(steps), jnp.asarray(norms))
     state, _ = server_round(fed.parts, state, replies_t)
     round_s.append(time.time() - t_round)
     answered = int((weight > 0).sum())
@@ -198,7 +204,9 @@ def server_main(grid: Grid, context: Context) -> None:
       "connect_s": connect_s, "round_s": round_s, "total_bytes_up": up_total,
       "total_bytes_down": down_total, "config_hash": fed.config_hash,
       "simulated_bytes_up_per_client": fed.bytes_up_per_client,
-      "simulated_bytes_down_per_client": fed.bytes_down_per_client})
+      "simulated_bytes_down_per_client": fed.bytes_down_per_client,
+      **({} if fed.privacy is None else {"privacy": fed.privacy.summary(
+          int(state.round), jax.device_get(state.privacy))})})
 
 
 def _payload_tree(fed: federation.Federation, params, arrays: list[np.ndarray]):
@@ -277,8 +285,9 @@ def site_train(msg: Message, context: Context) -> Message:
                               straggler_steps=None if straggler < 0 else straggler)
   data = {"image": batch.image[0], "label": batch.label[0], "mask": batch.mask[0]}
   key = jnp.asarray(np.asarray(cfg["key"], np.uint32))
-  res = jax.device_get(jax.jit(rounds.site_update, static_argnums=0)(fed.parts, state, data,
-                                                                     row, key))
+  clip = float(cfg["clip-norm"])
+  res = jax.device_get(jax.jit(rounds.site_update, static_argnums=0)(
+      fed.parts, state, data, row, key, None if clip < 0 else jnp.asarray(clip, jnp.float32)))
   ok = bool(res.ok)
   if row is not None and ok:
     context.state["row"] = _records(rounds.to_arrays(res.new_row))
@@ -286,7 +295,7 @@ def site_train(msg: Message, context: Context) -> Message:
       "upload": _records(rounds.to_arrays(res.upload)),
       "metrics": MetricRecord({"weight": float(batch.weight[0]) if ok else 0.0,
                                "loss-sum": float(np.sum(res.loss)), "steps": int(res.steps),
-                               "ok": int(ok)})})
+                               "ok": int(ok), "norm": float(res.norm)})})
   if res.row_change is not None:
     content["change"] = _records(rounds.to_arrays(res.row_change))
   return Message(content, reply_to=msg)

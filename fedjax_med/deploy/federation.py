@@ -59,6 +59,7 @@ class Federation(NamedTuple):
   local_steps: int
   bytes_up_per_client: int  # as experiment.bytes_up_per_round, for one client
   bytes_down_per_client: int
+  privacy: Any = None  # privacy.plan.PrivacyPlan of client-level DP, else None
 
 
 def load_config(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
@@ -114,8 +115,12 @@ def check_supported(config: ml_collections.ConfigDict) -> None:
       "algorithm.name": (not entry.federated or not entry.communicates,
                          "a baseline that sends nothing needs no deployment"),
       "algorithm.swa": (config.algorithm.swa, "SWA is not deployed; leave it False"),
-      "privacy.level": (config.privacy.level != "none",
-                        "differential privacy is not deployed yet; use none"),
+      "privacy.level": (config.privacy.level == "record",
+                        "record-level DP needs every site's size to calibrate its noise; "
+                        "use client (DP-FedAvg) or none"),
+      "comm.compressor": (config.privacy.level == "client" and config.comm.compressor != "none",
+                          "under client-level DP a site uploads its clipped delta "
+                          "uncompressed; use none"),
       "attack.kind": (config.attack.kind != "none", "attacks are simulation-only"),
       "fl.local_epochs": (config.fl.local_epochs > 0,
                           "S from local epochs needs every site's size; use fl.local_steps"),
@@ -144,7 +149,12 @@ def build(config: ml_collections.ConfigDict) -> Federation:
   model = models.get_model(config.model.name, info.num_classes, conv_impl=eng.conv_impl,
                            norm=config.model.norm)
   loss_fn = tasks.make_loss_fn(model, augment=config.data.augment, multi_label=info.multi_label)
-  plan = experiment.make_plan(config, eng)  # no privacy, no attack: check_supported
+  privacy = None
+  if config.privacy.level == "client":  # depends on the config alone, not on any data
+    from fedjax_med.privacy import plan as privacy_plan_lib  # the optional extra
+
+    privacy = privacy_plan_lib.make(config, None, config.fl.local_steps)
+  plan = experiment.make_plan(config, eng, privacy_plan=privacy)  # no attack: check_supported
   alg = experiment.make_algorithm(config, loss_fn, plan)
   entry = registry.get(config.algorithm.name)
   shapes = jax.eval_shape(functools.partial(tasks.init_variables, model,
@@ -152,7 +162,7 @@ def build(config: ml_collections.ConfigDict) -> Federation:
   up, down = experiment.client_bits(config, shapes)
   return Federation(config, config_hash(config), image_shape, info.num_classes, model, plan,
                     alg, base.round_parts(alg), entry.stateful or plan.error_feedback,
-                    config.fl.local_steps, up // 8, down // 8)
+                    config.fl.local_steps, up // 8, down // 8, privacy)
 
 
 def initial_state(fed: Federation) -> types.ServerState:
@@ -175,10 +185,12 @@ class RoundClients(NamedTuple):
   stragglers: np.ndarray  # [C] bool: real steps stop at fl.straggler_steps
 
 
-def round_clients(config: ml_collections.ConfigDict, round_idx: int) -> RoundClients:
-  """Round ``round_idx``'s sampled clients, simulated dropouts and stragglers."""
+def round_clients(fed: Federation, round_idx: int) -> RoundClients:
+  """Round ``round_idx``'s sampled clients (the simulation's draw, Poisson under client-level
+  DP: ``experiment.sample_clients``), simulated dropouts and stragglers."""
+  config = fed.config
   fl, seed = config.fl, config.seed
-  ids = batching.sample_clients(fl.num_clients, fl.clients_per_round, seed, round_idx)
+  ids = experiment.sample_clients(config, fed.privacy, fl.num_clients, round_idx)
   dropped = batching.dropout_mask(ids, fl.dropout_rate, seed, round_idx)
   stragglers = batching.straggler_mask(ids, fl.straggler_fraction, seed, round_idx)
   return RoundClients(ids, dropped, stragglers & ~dropped)

@@ -36,11 +36,17 @@ class SiteResult(NamedTuple):
   steps: types.Array  # [] int32
   ok: types.Array  # [] bool: every value finite (else the server treats it as dropped)
   new_row: types.ClientState | None  # the site's next state row (kept if not ok)
+  norm: types.Array  # [] the delta's L2 norm before any clipping (0 if not ok)
 
 
 def site_update(parts: base.RoundParts, state: types.ServerState, data: dict,
-                row: types.ClientState | None, key: types.PRNGKey) -> SiteResult:
+                row: types.ClientState | None, key: types.PRNGKey,
+                clip_norm: types.Array | None = None) -> SiteResult:
   """One client's half of a round (jit it at the call site).
+
+  Under client-level DP (``clip_norm``: the server's clip norm of the round) the upload
+  is the delta clipped to ``clip_norm``, as ``local.map_clients`` clips it; ``norm`` is
+  its norm before clipping (adaptive clipping counts the clients under the norm).
 
   Args:
     parts: the algorithm's :class:`~base.RoundParts`.
@@ -68,7 +74,13 @@ def site_update(parts: base.RoundParts, state: types.ServerState, data: dict,
   new_row = None if row is None else types.ClientState(new_alg_row, new_residual)
   if row is not None:  # a failed client keeps its old row (as client_store.scatter)
     new_row = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_row, row)
-  return SiteResult(upload, change, res.loss, res.steps, ok, new_row)
+  norm = jnp.where(ok, aggregate.stacked_norm(jax.tree.map(lambda x: x[None], upload))[0], 0.0)
+  if clip_norm is not None:  # compression is refused with DP: upload is the delta
+    from fedjax_med.privacy import dp_fedavg  # optional extra
+
+    zeroed = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x))[None], upload)
+    upload = jax.tree.map(lambda x: x[0], dp_fedavg.clip_deltas(zeroed, clip_norm))
+  return SiteResult(upload, change, res.loss, res.steps, ok, new_row, norm)
 
 
 def all_finite(tree: PyTree) -> types.Array:
@@ -93,6 +105,7 @@ class Replies(NamedTuple):
   weight: types.Array  # [C] the slot's example count; 0 = dropped, missing or failed
   loss: types.Array  # [C, S]
   steps: types.Array  # [C] int32
+  norm: types.Array | None = None  # [C] norms before clipping (client-level DP)
 
 
 def server_round(parts: base.RoundParts, state: types.ServerState,
@@ -105,8 +118,9 @@ def server_round(parts: base.RoundParts, state: types.ServerState,
   round-off only).
   """
   plan = parts.plan
+  dp = plan.client_dp
   weight = replies.weight
-  if parts.uniform:
+  if parts.uniform or dp is not None:  # DP-FedAvg: every client weighs 1
     weight = (weight > 0).astype(weight.dtype)
   kept = weight > 0
   deltas = local.zero_rows(replies.deltas, kept)
@@ -116,19 +130,26 @@ def server_round(parts: base.RoundParts, state: types.ServerState,
                                         kept.astype(jnp.float32))
   agg = plan.aggregator
   weight_sum = jnp.sum(weight)
-  if agg.streaming:
+  privacy, privacy_metrics = state.privacy, None
+  if dp is not None:  # the sites clipped: the sum, noised as the simulation's server does
+    norms = replies.norm * kept
+    mean, privacy, privacy_metrics = base.client_dp_release(
+        dp, state, aggregate.weighted_sum(deltas, weight), norms, kept)
+  elif agg.streaming:
     mean = agg.aggregate(aggregate.weighted_sum(deltas, weight), weight_sum)
   else:
     mean = agg.aggregate(deltas, weight)
-  norms = aggregate.stacked_norm(deltas) * kept
+  if dp is None:
+    norms = aggregate.stacked_norm(deltas) * kept
   clients = local.ClientsResult(None, weight_sum, replies.loss, replies.steps, norms,
                                 weight=weight, dropped=jnp.zeros_like(kept))
   aggregated = base.Aggregate(mean, change_sum, clients, weight)
   params, opt_state, server, pseudo_grad = base.server_step(
-      parts.server_optimizer, parts.server_fn, state._replace(client_state=None), aggregated)
+      parts.server_optimizer, parts.server_fn, state._replace(client_state=None), aggregated,
+      hold_if_empty=dp is None)  # under DP an empty cohort still releases noise
   new_state = state._replace(params=params, opt_state=opt_state, round=state.round + 1,
-                             server=server)
-  return new_state, base.round_metrics(clients, pseudo_grad)
+                             server=server, privacy=privacy)
+  return new_state, base.round_metrics(clients, pseudo_grad)._replace(privacy=privacy_metrics)
 
 
 def to_arrays(tree: Any) -> list[np.ndarray]:

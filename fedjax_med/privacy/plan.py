@@ -76,12 +76,14 @@ class PrivacyPlan(NamedTuple):
     }
 
 
-def make(config: ml_collections.ConfigDict, partition: partition_base.Partition,
+def make(config: ml_collections.ConfigDict, partition: partition_base.Partition | None,
          local_steps: int) -> PrivacyPlan | None:
   """The privacy plan of a resolved, validated config (``None`` without DP).
 
   Args:
-    partition: what the clients train on (the centralized baseline: one pooled client).
+    partition: what the clients train on (the centralized baseline: one pooled client);
+      only record level reads it (client level depends on the config alone: a deployed
+      server, which has no data, passes ``None``).
     local_steps: S.
 
   Raises:
@@ -92,7 +94,10 @@ def make(config: ml_collections.ConfigDict, partition: partition_base.Partition,
   p, fl = config.privacy, config.fl
   if p.level == "none":
     return None
-  rounds, sizes = fl.rounds, np.asarray(partition.sizes)
+  if partition is None and p.level == "record":
+    raise ValueError("record-level DP needs the partition (the clients' sizes)")
+  rounds = fl.rounds
+  sizes = None if partition is None else np.asarray(partition.sizes)
   population = int(sizes.max()) if p.level == "record" else fl.num_clients
   problem = accounting.check_delta(p.delta, population)
   if problem:

@@ -123,11 +123,18 @@ def _deployed_params(workdir, template):
     return rounds.from_arrays(template, [f[k] for k in sorted(f.files)])
 
 
+DP = ["--config.privacy.level=client", "--config.privacy.noise_multiplier=0.5",
+      "--config.privacy.clip_norm=0.1"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
-def test_deployed_run_equals_the_simulation(federation_files, algorithm):
+@pytest.mark.parametrize("algorithm,dp", [("fedavg", False), ("scaffold", False),
+                                          ("fedavg", True)])
+def test_deployed_run_equals_the_simulation(federation_files, algorithm, dp):
+  """FedAvg, SCAFFOLD (its c_i kept at the sites) and DP-FedAvg (client-level DP: Poisson
+  sampling, the sites clip, the server noises)."""
   tmp_path = federation_files
-  overrides = [f"--config.algorithm.name={algorithm}"]
+  overrides = [f"--config.algorithm.name={algorithm}", *(DP if dp else [])]
   code, workdir = _deploy(tmp_path, overrides)
   assert code == 0, _read(tmp_path / "server.log")[-3000:]
   config = federation.load_config(str(tmp_path / "tiny.py"), overrides)
@@ -139,6 +146,9 @@ def test_deployed_run_equals_the_simulation(federation_files, algorithm):
   summary = json.loads((workdir / "summary.json").read_text())
   sim = json.loads((tmp_path / "simulated" / "summary.json").read_text())
   assert summary["rounds_completed"] == 2 and summary["sites"] == [0, 1, 2]
+  if dp:  # the simulation counts the expected cohort's bytes, the deployment the real one
+    assert summary["privacy"]["epsilon"] == pytest.approx(sim["privacy"]["epsilon"])
+    return
   assert summary["total_bytes_up"] == sim["total_bytes_up"]
   if algorithm == "fedavg":  # SCAFFOLD also downloads c, which the simulation does not count
     assert summary["total_bytes_down"] == sim["total_bytes_down"]
@@ -210,3 +220,29 @@ def test_config_hash_ignores_machine_local_keys_only(federation_files):
   assert federation.config_hash(config) == federation.config_hash(other)
   changed = federation.load_config(str(federation_files / "tiny.py"), ["--config.fl.client_lr=0.2"])
   assert federation.config_hash(config) != federation.config_hash(changed)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["--config.privacy.level=record", "--config.privacy.noise_multiplier=1.0"],
+     "record-level DP"),
+    (DP + ["--config.comm.compressor=topk"], "uncompressed"),
+    (["--config.attack.kind=sign_flip", "--config.attack.fraction=0.34"], "simulation-only"),
+])
+def test_what_is_not_deployed_is_refused(federation_files, overrides, match):
+  from fedjax_med import errors
+
+  config = federation.load_config(str(federation_files / "tiny.py"), overrides)
+  with pytest.raises(errors.ConfigError, match=match):
+    federation.build(config)
+
+
+def test_client_level_dp_builds_without_data(federation_files):
+  fed = federation.build(federation.load_config(str(federation_files / "tiny.py"), DP))
+  assert fed.privacy is not None and fed.plan.client_dp is not None
+  # the cohort is the simulation's Poisson draw
+  from fedjax_med import experiment
+
+  exp = experiment.build(fed.config)
+  for r in range(4):
+    np.testing.assert_array_equal(federation.round_clients(fed, r).client_ids,
+                                  exp.sampled_ids(r))

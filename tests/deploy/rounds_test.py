@@ -27,12 +27,13 @@ def _deployed_round(parts, state, clients, rows, lost=()):
   keys = base.round_keys(state, clients.weight.shape[0])
   shared = state._replace(client_state=None)
   site = jax.jit(rounds.site_update, static_argnums=0)
-  deltas, changes, weight, loss, steps = [], [], [], [], []
+  deltas, changes, weight, loss, steps, norms = [], [], [], [], [], []
   for c in range(clients.weight.shape[0]):
     cid = int(clients.client_id[c])
     data = {"image": clients.image[c], "label": clients.label[c], "mask": clients.mask[c]}
     row = rows.get(max(cid, 0))  # a padding slot reads row 0, as client_store.gather
-    res = site(parts, shared, data, row, keys[c])
+    clip = None if state.privacy is None else state.privacy.clip_norm
+    res = site(parts, shared, data, row, keys[c], clip)
     answered = clients.weight[c] > 0 and cid not in lost and bool(res.ok)
     if answered and row is not None:
       rows[cid] = res.new_row
@@ -41,9 +42,10 @@ def _deployed_round(parts, state, clients, rows, lost=()):
     weight.append(clients.weight[c] if answered else 0.0)
     loss.append(res.loss)
     steps.append(res.steps)
+    norms.append(res.norm)
   stack = lambda xs: None if xs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
   replies = rounds.Replies(stack(deltas), stack(changes), jnp.asarray(weight, jnp.float32),
-                           jnp.stack(loss), jnp.stack(steps))
+                           jnp.stack(loss), jnp.stack(steps), jnp.stack(norms))
   return jax.jit(rounds.server_round, static_argnums=0)(parts, state, replies)[0]
 
 
@@ -75,6 +77,31 @@ def test_site_plus_server_equals_the_round(name, compressor, ef):
   chex.assert_trees_all_close(dep.params, sim.params, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(dep.server, sim.server, rtol=1e-5, atol=1e-6)
   assert int(dep.round) == 3
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_client_level_dp_site_clips_and_server_noises_as_the_round(adaptive):
+  """DP-FedAvg cut in two: each site clips its delta to the server's clip norm, the server
+  adds the round's noise (and moves the clip norm: adaptive clipping) as the simulation."""
+  from fedjax_med.privacy import dp_fedavg
+
+  dp = dp_fedavg.ClientDP(noise_multiplier=0.7, expected_clients=3.0, clip_norm=0.05,
+                          target_quantile=0.5 if adaptive else None, clip_lr=0.2,
+                          count_noise=0.5 if adaptive else None)
+  plan = algorithms.RoundPlan(num_clients=N, client_dp=dp)
+  alg = algorithms.build("fedavg", testing.linear_loss, optax.sgd(testing.LR), optax.sgd(1.0),
+                         plan=plan)
+  parts = base.round_parts(alg)
+  sim = alg.init(testing.make_params(), jax.random.PRNGKey(0))
+  dep = sim
+  for r in range(3):
+    clients = _batch(r)
+    sim = jax.jit(alg.round)(sim, clients)[0]
+    dep = _deployed_round(parts, dep, clients, {})
+  chex.assert_trees_all_close(dep.params, sim.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(dep.privacy, sim.privacy, rtol=1e-5, atol=1e-6)
+  if adaptive:  # the clip norm moved
+    assert float(dep.privacy.clip_norm) != 0.05
 
 
 def test_a_lost_reply_is_a_dropped_client():
