@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from fedjax_med import checkpoint, experiment, metrics
+from fedjax_med import checkpoint, experiment, metrics, train
 from tests import testing
 
 REPO = str(testing.REPO)
@@ -140,6 +140,25 @@ def test_two_processes_equal_one_and_resume_after_a_kill_in_both(data_root, tmp_
   assert "at round 1\n" in results[0][1], results[0][1][-3000:]
   chex.assert_trees_all_equal(_final_params(config, killed), _final_params(config, two))
   assert _log(killed) == _log(two)
+
+
+@pytest.mark.slow
+def test_vectorized_seeds_across_two_processes(data_root, tmp_path):
+  """runs.seeds=2 over 2 processes x 4 devices (run axis first, clients sharded) writes
+  each seed's run as 1 process x 8 devices does."""
+  config = _config(data_root)
+  config.runs.seeds = 2
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  [(rc, err)] = _launch(config, one, processes=1, devices=8)
+  assert rc == 0, err[-3000:]
+  results = _launch(config, two, processes=2, devices=4)
+  assert [rc for rc, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+  for seed in ("seed_0", "seed_1"):
+    _assert_logs_close(_log(os.path.join(two, seed)), _log(os.path.join(one, seed)), rtol=1e-5)
+    single = train.run_config(config, int(seed[-1]))
+    chex.assert_trees_all_close(_final_params(single, os.path.join(two, seed)),
+                                _final_params(single, os.path.join(one, seed)),
+                                rtol=1e-5, atol=1e-6)
 
 
 def test_a_process_id_outside_the_run_exits_2(tmp_path):
