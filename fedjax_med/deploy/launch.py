@@ -44,6 +44,15 @@ def reachable(address: str, timeout: float = 5.0) -> bool:
       time.sleep(0.2)
 
 
+def add_connection_flags(p, superlink_help: str = "the SuperLink's host:port") -> None:
+  """``--superlink``, ``--insecure`` and ``--root_certificates`` of the launchers."""
+  from fedjax_med.cli.args import flag
+
+  flag(p, "superlink", required=True, help=superlink_help)
+  flag(p, "insecure", action="store_true", help="no TLS (tests on loopback only)")
+  flag(p, "root_certificates", default=None, help="CA certificate of the SuperLink (TLS)")
+
+
 def check_superlink(superlink: str, *, insecure: bool, root_certificates: str | None) -> None:
   """Raises ``ConfigError`` unless TLS is set up (or ``insecure``), ``superlink`` is
   ``host:port`` and the SuperLink answers there (within 10 s)."""

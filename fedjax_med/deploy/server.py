@@ -21,6 +21,7 @@ import tempfile
 
 from fedjax_med import errors
 from fedjax_med.cli.args import fail, flag
+from fedjax_med.deploy import launch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,15 +31,13 @@ def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description="Run a deployed fedjax_med federation.")
   flag(p, "config", required=True, help="config file or packaged name")
   flag(p, "workdir", required=True, help="where params.npz, metrics and summary go")
-  flag(p, "superlink", required=True, help="the SuperLink's host:port (its --port)")
-  flag(p, "insecure", action="store_true", help="no TLS (tests on loopback only)")
-  flag(p, "root_certificates", default=None, help="CA certificate of the SuperLink (TLS)")
+  launch.add_connection_flags(p, "the SuperLink's host:port (its --port)")
   flag(p, "min_sites", type=int, default=0, help="sites to wait for (0: fl.num_clients)")
   flag(p, "connect_timeout", type=float, default=120.0, help="seconds to wait for the sites")
   flag(p, "round_timeout", type=float, default=600.0, help="seconds a round waits for replies;"
        " a site that has not answered by then is dropped")
   args = p.parse_args([a for a in argv if not a.startswith("--config.")])
-  from fedjax_med.deploy import apps, federation, launch
+  from fedjax_med.deploy import apps, federation
 
   workdir = os.path.abspath(args.workdir)
   try:

@@ -20,6 +20,7 @@ import time
 
 from fedjax_med import errors
 from fedjax_med.cli.args import fail, flag
+from fedjax_med.deploy import launch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +31,11 @@ def main(argv: list[str] | None = None) -> int:
   flag(p, "config", required=True, help="the server's config file or packaged name")
   flag(p, "data", required=True, help="this site's MedMNIST-format .npz")
   flag(p, "client_id", type=int, required=True, help="this site's client id in the partition")
-  flag(p, "superlink", required=True, help="the SuperLink's host:port")
-  flag(p, "insecure", action="store_true", help="no TLS (tests on loopback only)")
-  flag(p, "root_certificates", default=None, help="CA certificate of the SuperLink (TLS)")
+  launch.add_connection_flags(p)
   flag(p, "runtime_port", type=int, default=0, help="local port of the SuperNode's "
        "runtime API (0: a free one)")
   args = p.parse_args([a for a in argv if not a.startswith("--config.")])
-  from fedjax_med.deploy import apps, federation, launch, sitedata
+  from fedjax_med.deploy import apps, federation, sitedata
 
   try:
     fed = federation.build(federation.load_config(args.config, overrides))
